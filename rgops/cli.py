@@ -1,0 +1,105 @@
+"""The ``rgops`` command line.
+
+The CLI owns output: it configures logging (rich) and progress bars, turns every
+:class:`~rgops.errors.RgopsError` into a one-line reason on stderr and a non-zero exit, and
+imports heavy libraries (torch, mlflow) only inside the command that needs them, so ``--help``
+stays fast. Each command is one call into a library function.
+
+Each area of the product adds its commands in its own section below.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from rgops.errors import RgopsError
+
+app = typer.Typer(
+    name="rgops",
+    help="Radiogenomics MLOps for lung cancer: synthetic cohorts, ingest, validation, training, "
+    "evaluation, registry and serving.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+log = logging.getLogger("rgops")
+
+ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="params.yaml to read parameters from.")
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if verbose else logging.INFO
+    handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("rgops").setLevel(level)
+
+
+@app.callback()
+def _main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+) -> None:
+    _setup_logging(verbose)
+
+
+def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn an RgopsError into ``error: <reason>`` on stderr and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RgopsError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def progress():  # noqa: ANN201 - rich.progress.Progress, imported lazily
+    """A rich progress bar for long work, writing to stderr."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=False,
+        disable=not sys.stderr.isatty() and os.environ.get("RGOPS_PROGRESS") != "1",
+    )
+
+
+# --- data: synth, ingest ------------------------------------------------------------------------
+
+# --- validation ----------------------------------------------------------------------------------
+
+# --- training ------------------------------------------------------------------------------------
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+# --- registry and flows --------------------------------------------------------------------------
+
+# --- serving -------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""The ingested datasets folder: loading, checking and the gene panel.
+
+See docs/architecture.md for the layout. ``Datasets.load`` checks that every array is present and
+aligned, so a model never trains on half a dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rgops.errors import DatasetError, GeneMismatchError, GeneTableError
+
+SPLITS = ("train", "val", "test")
+DATASET_FILES = ("patches.npy", "masks.npy", "genes.parquet", "gene_panel.json", "manifest.parquet")
+
+
+@dataclass(frozen=True)
+class GenePanel:
+    """The ordered gene list of a model and the statistics that normalise a profile for it.
+
+    ``mean`` and ``std`` are statistics of ``log2(x + 1)`` over the training split.
+    """
+
+    genes: tuple[str, ...]
+    mean: np.ndarray
+    std: np.ndarray
+    transform: str = "log2p1-zscore"
+    n_train: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.genes) != len(self.mean) or len(self.genes) != len(self.std):
+            raise DatasetError(
+                f"gene panel has {len(self.genes)} genes but {len(self.mean)} means and "
+                f"{len(self.std)} standard deviations; re-run `rgops ingest`"
+            )
+        if len(set(self.genes)) != len(self.genes):
+            raise DatasetError("gene panel lists a gene twice; re-run `rgops ingest`")
+
+    def __len__(self) -> int:
+        return len(self.genes)
+
+    @classmethod
+    def fit(cls, log_expr: pd.DataFrame) -> "GenePanel":
+        """Fit the statistics on a samples x genes table that is already ``log2(x + 1)``."""
+        mean = log_expr.mean(axis=0, skipna=True).to_numpy(dtype=np.float64)
+        std = log_expr.std(axis=0, ddof=0, skipna=True).to_numpy(dtype=np.float64)
+        mean = np.nan_to_num(mean, nan=0.0)
+        std = np.where(~np.isfinite(std) | (std < 1e-6), 1.0, std)
+        return cls(tuple(str(g) for g in log_expr.columns), mean, std, n_train=len(log_expr))
+
+    def normalise(self, raw: pd.DataFrame | pd.Series | Mapping[str, float], impute: bool = False) -> np.ndarray:
+        """Raw (non-log) expression -> z-scored float32 array ``(n, G)`` in panel order.
+
+        Args:
+            raw: one profile (mapping or Series, gene -> value) or a samples x genes DataFrame.
+            impute: fill genes absent from ``raw`` (and missing values) with the training mean
+                instead of refusing.
+
+        Raises:
+            GeneMismatchError: genes of the panel are absent from ``raw`` and ``impute`` is false.
+            GeneTableError: values are not numbers, are negative or not finite.
+        """
+        if isinstance(raw, Mapping) and not isinstance(raw, pd.Series):
+            raw = pd.Series(dict(raw), dtype="object")
+        frame = raw.to_frame().T if isinstance(raw, pd.Series) else raw
+        missing = [g for g in self.genes if g not in frame.columns]
+        if missing and not impute:
+            shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+            raise GeneMismatchError(
+                f"profile lacks {len(missing)} of the model's {len(self.genes)} genes ({shown}); "
+                "send every gene of the panel (GET /metadata lists them) or ask for imputation "
+                "with training means"
+            )
+        frame = frame.reindex(columns=list(self.genes))
+        try:
+            values = frame.apply(pd.to_numeric, errors="raise").to_numpy(dtype=np.float64)
+        except (ValueError, TypeError) as exc:
+            raise GeneTableError(f"gene profile holds a value that is not a number ({exc}); "
+                                 "send numeric expression values") from None
+        finite = values[~np.isnan(values)]
+        if np.isinf(finite).any():
+            raise GeneTableError("gene profile holds an infinite value; send finite expression values")
+        if (finite < 0).any():
+            bad = [self.genes[j] for j in np.unique(np.argwhere(values < 0)[:, 1])][:10]
+            raise GeneTableError(
+                f"gene profile holds negative expression for {', '.join(bad)}; rgops expects raw "
+                "non-negative expression (it applies log2(x+1) itself)"
+            )
+        nan = np.isnan(values)
+        if nan.any() and not impute:
+            bad = [self.genes[j] for j in np.unique(np.argwhere(nan)[:, 1])][:10]
+            raise GeneTableError(
+                f"gene profile has missing (NaN) values for {', '.join(bad)}; send values for "
+                "every gene or ask for imputation with training means"
+            )
+        logged = np.log2(values + 1.0)
+        logged = np.where(nan, self.mean[None, :], logged)
+        return ((logged - self.mean[None, :]) / self.std[None, :]).astype(np.float32)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"genes": list(self.genes), "mean": self.mean.tolist(), "std": self.std.tolist(),
+                "transform": self.transform, "n_train": self.n_train}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "GenePanel":
+        try:
+            return cls(tuple(data["genes"]), np.asarray(data["mean"], dtype=np.float64),
+                       np.asarray(data["std"], dtype=np.float64), data.get("transform", "log2p1-zscore"),
+                       int(data.get("n_train", 0)))
+        except KeyError as exc:
+            raise DatasetError(f"gene panel lacks the key {exc}; re-run `rgops ingest`") from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json()))
+
+    @classmethod
+    def read(cls, path: str | Path) -> "GenePanel":
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+
+@dataclass
+class Datasets:
+    """An ingested datasets folder, loaded and checked.
+
+    Attributes:
+        patches: float32 ``(N, 1, S, S)`` in [-1, 1].
+        masks: uint8 ``(N, 1, S, S)`` tumour masks on the same crops.
+        genes: float32 ``(N, G)`` normalised expression, row-aligned with ``patches``.
+        manifest: one row per patch (``pseudo_id``, ``split``, provenance).
+        panel: the gene panel and its training statistics.
+        root: the folder it was loaded from (None when built from arrays).
+    """
+
+    patches: np.ndarray
+    masks: np.ndarray
+    genes: np.ndarray
+    manifest: pd.DataFrame
+    panel: GenePanel
+    root: Path | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.patches)
+        if self.patches.ndim != 4 or self.patches.shape[1] != 1 or self.patches.shape[2] != self.patches.shape[3]:
+            raise DatasetError(f"patches have shape {self.patches.shape}, expected (N, 1, S, S)")
+        if self.masks.shape != self.patches.shape:
+            raise DatasetError(f"masks have shape {self.masks.shape}, expected {self.patches.shape} like patches")
+        if self.genes.shape != (n, len(self.panel)):
+            raise DatasetError(
+                f"gene matrix has shape {self.genes.shape}, expected ({n}, {len(self.panel)}) "
+                "(one row per patch, one column per panel gene)"
+            )
+        if len(self.manifest) != n:
+            raise DatasetError(f"manifest has {len(self.manifest)} rows for {n} patches")
+        for col in ("pseudo_id", "split"):
+            if col not in self.manifest.columns:
+                raise DatasetError(f"manifest lacks the column {col!r}; re-run `rgops ingest`")
+        bad = sorted(set(self.manifest["split"]) - set(SPLITS))
+        if bad:
+            raise DatasetError(f"manifest has unknown split names {bad}; expected {list(SPLITS)}")
+
+    @property
+    def size(self) -> int:
+        """Patch side S."""
+        return int(self.patches.shape[-1])
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    def indices(self, split: str) -> np.ndarray:
+        """Row indices of one split (``train``, ``val`` or ``test``)."""
+        if split not in SPLITS:
+            raise DatasetError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+        return np.flatnonzero(self.manifest["split"].to_numpy() == split)
+
+    @classmethod
+    def load(cls, root: str | Path, mmap: bool = False) -> "Datasets":
+        """Load and check a datasets folder written by ``rgops ingest``.
+
+        Raises:
+            DatasetError: a file is missing or the arrays do not line up.
+        """
+        root = Path(root)
+        missing = [f for f in DATASET_FILES if not (root / f).is_file()]
+        if missing:
+            raise DatasetError(
+                f"datasets folder {str(root)!r} lacks {', '.join(missing)}; run `rgops ingest COHORT {root}` first"
+            )
+        mode = "r" if mmap else None
+        patches = np.load(root / "patches.npy", mmap_mode=mode)
+        masks = np.load(root / "masks.npy", mmap_mode=mode)
+        genes_df = pd.read_parquet(root / "genes.parquet")
+        manifest = pd.read_parquet(root / "manifest.parquet")
+        panel = GenePanel.read(root / "gene_panel.json")
+        if list(genes_df.columns) != list(panel.genes):
+            raise DatasetError("genes.parquet columns differ from gene_panel.json genes; re-run `rgops ingest`")
+        if "pseudo_id" in manifest.columns and list(genes_df.index) != list(manifest["pseudo_id"]):
+            raise DatasetError("genes.parquet rows are not in manifest order; re-run `rgops ingest`")
+        if patches.dtype != np.float32:
+            raise DatasetError(f"patches.npy has dtype {patches.dtype}, expected float32")
+        return cls(patches, masks, genes_df.to_numpy(dtype=np.float32), manifest, panel, root)
+
+    def digest(self) -> str:
+        """SHA-256 over the dataset files (or arrays, when built in memory): the data version."""
+        h = hashlib.sha256()
+        if self.root is not None:
+            for name in DATASET_FILES:
+                h.update(name.encode())
+                with open(self.root / name, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+        else:
+            for arr in (self.patches, self.masks, self.genes):
+                h.update(np.ascontiguousarray(arr).tobytes())
+            h.update(json.dumps(self.panel.to_json()).encode())
+        return h.hexdigest()
