@@ -1,0 +1,1 @@
+"""BentoML services: thin shells over rgops functions."""
