@@ -29,6 +29,7 @@ Actions (PS3.15 Table E.1-1 codes):
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from collections.abc import Iterable
@@ -174,8 +175,15 @@ def _is_curve_or_overlay(tag: int) -> bool:
     return 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF
 
 
-def _clean(ds: Dataset, key: bytes, pseudo_id: str) -> None:
-    """Apply the action table to ``ds`` in place, recursing into kept sequences."""
+def _clean(ds: Dataset, key: bytes, pseudo_id: str, seen: set[int]) -> None:
+    """Apply the action table to ``ds`` in place, recursing into kept sequences.
+
+    ``seen`` holds the ids of items already cleaned: writers (highdicom among them) may put the
+    same item object in several sequences, and a UID must be remapped exactly once.
+    """
+    if id(ds) in seen:
+        return
+    seen.add(id(ds))
     for elem in list(ds):
         tag = int(elem.tag)
         if elem.tag.is_private or _is_curve_or_overlay(tag):
@@ -186,7 +194,7 @@ def _clean(ds: Dataset, key: bytes, pseudo_id: str) -> None:
         if action is None:
             if elem.VR == "SQ":
                 for item in elem.value:
-                    _clean(item, key, pseudo_id)
+                    _clean(item, key, pseudo_id, seen)
             elif elem.VR == "PN":
                 elem.value = ""
             elif elem.VR in ("DA", "DT"):
@@ -228,15 +236,14 @@ def deidentify(ds: Dataset, key: bytes, source_patient_id: str | None = None) ->
             "so every CT/SEG file needs one"
         )
     pseudo_id = pseudonymize(source, key)
-    out = ds.copy()
-    if hasattr(ds, "file_meta"):
-        out.file_meta = ds.file_meta.copy()
+    out = copy.deepcopy(ds)  # Dataset.copy() is shallow: sequences would be cleaned in the input too
+    if hasattr(out, "file_meta"):
         if "MediaStorageSOPInstanceUID" in out.file_meta:
             out.file_meta.MediaStorageSOPInstanceUID = pseudonymous_uid(
                 str(out.file_meta.MediaStorageSOPInstanceUID), key)
         if "SourceApplicationEntityTitle" in out.file_meta:  # names the sending site's node
             del out.file_meta.SourceApplicationEntityTitle
-    _clean(out, key, pseudo_id)
+    _clean(out, key, pseudo_id, set())
     out.PatientID = pseudo_id
     out.PatientName = pseudo_id
     out.PatientIdentityRemoved = "YES"

@@ -1,0 +1,354 @@
+"""Reading CT series and DICOM SEG tumour masks.
+
+A CT series is read from its slice files in any order and stacked along the slice normal
+(``ImageOrientationPatient`` row x column direction) by ``ImagePositionPatient``; pixel values
+become Hounsfield units with :func:`pydicom.pixels.apply_modality_lut`. A SEG is read with
+highdicom and its frames are placed on the series' slices by the CT instance each frame
+references (``ReferencedSOPInstanceUID``), or, when a SEG lacks those references, by
+``ImagePositionPatient``: a SEG usually covers only the tumour slices.
+
+Errors name the file (by the name given, so callers can redact it) and say what to do:
+:class:`~rgops.errors.DicomError` for unusable files or series,
+:class:`~rgops.errors.DicomDecodeError` for transfer syntaxes no installed plugin decodes,
+:class:`~rgops.errors.SegmentationError` for SEGs that do not fit their series.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut
+
+from rgops.errors import DicomDecodeError, DicomError, SegmentationError
+
+log = logging.getLogger(__name__)
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+#: Tolerances: orientation cosines, pixel spacing (mm) and slice-gap uniformity (fraction).
+ORIENTATION_TOL = 1e-3
+SPACING_TOL_MM = 1e-3
+GAP_TOL = 0.05
+
+
+def read_dicom(path: str | Path, stop_before_pixels: bool = False) -> Dataset:
+    """Read one DICOM file.
+
+    Raises:
+        DicomError: the file is missing, not DICOM, or truncated in its header.
+    """
+    p = Path(path)
+    try:
+        return pydicom.dcmread(p, stop_before_pixels=stop_before_pixels)
+    except FileNotFoundError:
+        raise DicomError(f"DICOM file {str(p)!r} does not exist") from None
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise DicomError(
+            f"{str(p)!r} is not a readable DICOM file ({type(exc).__name__}: {exc}); "
+            "check that the transfer was complete or remove the file"
+        ) from None
+
+
+def _plugin_hint(ds: Dataset) -> str:
+    ts = ds.file_meta.TransferSyntaxUID
+    try:
+        from pydicom.pixels.decoders.base import get_decoder
+
+        missing = get_decoder(ts).missing_dependencies
+    except NotImplementedError:
+        return "pydicom has no decoder for it at all; convert the series to an uncompressed syntax (e.g. `gdcmconv --raw`)"
+    if missing:
+        return "install one of: " + "; ".join(missing) + " (e.g. `pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg`)"
+    return "convert the series to an uncompressed syntax"
+
+
+def decode_pixels(ds: Dataset, name: str) -> np.ndarray:
+    """Stored pixel values of ``ds`` (decoded by pydicom's installed plugins).
+
+    Args:
+        ds: a dataset read with pixel data.
+        name: how to name the file in errors.
+
+    Raises:
+        DicomDecodeError: no installed plugin decodes the transfer syntax (names it and the plugin).
+        DicomError: no pixel data, or pixel data truncated/corrupt.
+    """
+    if "PixelData" not in ds:
+        raise DicomError(f"{name!r} has no pixel data; expected a CT image")
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is None:
+        raise DicomError(f"{name!r} has no TransferSyntaxUID in its file meta; re-export it as a DICOM Part 10 file")
+    if ts.is_compressed:
+        try:
+            from pydicom.pixels.decoders.base import get_decoder
+
+            available = get_decoder(ts).is_available
+        except NotImplementedError:
+            available = False
+        if not available:
+            raise DicomDecodeError(
+                f"{name!r} is compressed with {ts.name} ({ts}) and no installed plugin decodes it; "
+                f"{_plugin_hint(ds)}"
+            )
+    try:
+        return np.asarray(ds.pixel_array)
+    except (ValueError, RuntimeError, EOFError, OSError, AttributeError, NotImplementedError) as exc:
+        raise DicomError(
+            f"{name!r}: pixel data cannot be decoded ({type(exc).__name__}: {exc}); the file is "
+            "probably truncated or corrupt: re-export it"
+        ) from None
+
+
+def to_hu(ds: Dataset, name: str) -> np.ndarray:
+    """Pixel data of a CT slice in Hounsfield units, float32 ``(rows, columns)``."""
+    pixels = decode_pixels(ds, name)
+    if pixels.ndim != 2:
+        raise DicomError(f"{name!r} has pixel data of shape {pixels.shape}; expected one 2-D CT slice")
+    return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class CTSeries:
+    """A CT series stacked along its slice normal.
+
+    Attributes:
+        hu: float32 ``(Z, rows, columns)``, Hounsfield units, slices by increasing ``z_mm``.
+        z_mm: ``(Z,)`` slice positions along the normal (mm).
+        positions: ``(Z, 3)`` ImagePositionPatient per slice.
+        orientation: ``(6,)`` ImageOrientationPatient.
+        pixel_spacing: (row spacing, column spacing) in mm.
+        slice_spacing: distance between slice centres (mm), median of the gaps.
+        slice_thickness: SliceThickness (mm) or None.
+        sop_uids: SOPInstanceUID per slice, in stacking order.
+        series_uid: SeriesInstanceUID.
+        frame_of_reference_uid: FrameOfReferenceUID ('' when absent).
+        manufacturer: Manufacturer ('' when absent).
+    """
+
+    hu: np.ndarray
+    z_mm: np.ndarray
+    positions: np.ndarray
+    orientation: np.ndarray
+    pixel_spacing: tuple[float, float]
+    slice_spacing: float
+    slice_thickness: float | None
+    sop_uids: tuple[str, ...]
+    series_uid: str
+    frame_of_reference_uid: str = ""
+    manufacturer: str = ""
+    _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.hu.shape[0])
+
+    def index_of(self, sop_uid: str) -> int | None:
+        """Slice index of the instance ``sop_uid`` (None when not in the series)."""
+        if not self._index:
+            self._index.update({u: i for i, u in enumerate(self.sop_uids)})
+        return self._index.get(sop_uid)
+
+
+def _float_list(ds: Dataset, keyword: str, n: int, name: str) -> np.ndarray:
+    value = ds.get(keyword)
+    if value is None or len(value) != n:
+        raise DicomError(f"{name!r} lacks {keyword} ({n} numbers expected, got {value!r}); a CT slice needs it")
+    return np.asarray([float(v) for v in value], dtype=np.float64)
+
+
+def ct_series(datasets: Sequence[Dataset], names: Sequence[str] | None = None) -> CTSeries:
+    """Stack CT slices (in any order) into a :class:`CTSeries`.
+
+    Args:
+        datasets: the slices, read with pixel data (already de-identified or not).
+        names: how to name each slice in errors (default ``slice <i>``).
+
+    Raises:
+        DicomError: empty input, a non-CT object, slices of several series, inconsistent
+            orientation, pixel spacing or matrix size, duplicate positions, or uneven gaps.
+        DicomDecodeError: a slice in a transfer syntax no installed plugin decodes.
+    """
+    if not datasets:
+        raise DicomError("no CT slices given; expected the files of one CT series")
+    names = list(names) if names is not None else [f"slice {i}" for i in range(len(datasets))]
+    first, first_name = datasets[0], names[0]
+    for ds, name in zip(datasets, names):
+        modality = str(ds.get("Modality", ""))
+        sop_class = str(ds.get("SOPClassUID", ""))
+        if modality != "CT" or sop_class not in (CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE):
+            raise DicomError(
+                f"{name!r} has Modality {modality!r} and SOPClassUID {sop_class!r}; expected a CT Image "
+                f"(Modality 'CT', {CT_IMAGE_STORAGE}): move other objects out of the series folder"
+            )
+    series = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
+    if len(series) != 1:
+        raise DicomError(
+            f"the slices given belong to {len(series)} series; expected one series per folder "
+            "(split mixed series into one folder each)"
+        )
+    orient0 = _float_list(first, "ImageOrientationPatient", 6, first_name)
+    spacing0 = _float_list(first, "PixelSpacing", 2, first_name)
+    shape0 = (int(first.Rows), int(first.Columns))
+    normal = np.cross(orient0[:3], orient0[3:])
+    if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-2):
+        raise DicomError(f"{first_name!r} has ImageOrientationPatient {orient0.tolist()} whose rows and columns "
+                         "are not orthonormal; the file is corrupt")
+    positions = []
+    for ds, name in zip(datasets, names):
+        orient = _float_list(ds, "ImageOrientationPatient", 6, name)
+        if np.abs(orient - orient0).max() > ORIENTATION_TOL:
+            raise DicomError(
+                f"{name!r} has ImageOrientationPatient {orient.tolist()}, others {orient0.tolist()}; "
+                "a series must share one orientation (was a localizer or a reformat mixed in?)"
+            )
+        spacing = _float_list(ds, "PixelSpacing", 2, name)
+        if np.abs(spacing - spacing0).max() > SPACING_TOL_MM:
+            raise DicomError(f"{name!r} has PixelSpacing {spacing.tolist()}, others {spacing0.tolist()}; "
+                             "a series must share one pixel spacing")
+        if (int(ds.Rows), int(ds.Columns)) != shape0:
+            raise DicomError(f"{name!r} has {ds.Rows}x{ds.Columns} pixels, others {shape0[0]}x{shape0[1]}")
+        positions.append(_float_list(ds, "ImagePositionPatient", 3, name))
+    pos = np.stack(positions)
+    z = pos @ normal
+    order = np.argsort(z, kind="stable")
+    z_sorted = z[order]
+    gaps = np.diff(z_sorted)
+    if len(gaps) and gaps.min() < 1e-3:
+        i = int(np.argmin(gaps))
+        raise DicomError(
+            f"{names[order[i]]!r} and {names[order[i + 1]]!r} lie at the same position "
+            f"({z_sorted[i]:.3f} mm along the normal); remove the duplicate slice"
+        )
+    slice_spacing = float(np.median(gaps)) if len(gaps) else float(first.get("SliceThickness", 0) or 0)
+    if len(gaps) and np.abs(gaps - slice_spacing).max() > GAP_TOL * slice_spacing:
+        j = int(np.argmax(np.abs(gaps - slice_spacing)))
+        raise DicomError(
+            f"uneven slice spacing: gap of {gaps[j]:.3f} mm after {names[order[j]]!r}, median "
+            f"{slice_spacing:.3f} mm; the series has missing slices or mixed reconstructions"
+        )
+    hu = np.stack([to_hu(datasets[i], names[i]) for i in order]).astype(np.float32)
+    thickness = first.get("SliceThickness")
+    return CTSeries(
+        hu=hu,
+        z_mm=z_sorted,
+        positions=pos[order],
+        orientation=orient0,
+        pixel_spacing=(float(spacing0[0]), float(spacing0[1])),
+        slice_spacing=slice_spacing,
+        slice_thickness=float(thickness) if thickness not in (None, "") else None,
+        sop_uids=tuple(str(datasets[i].SOPInstanceUID) for i in order),
+        series_uid=next(iter(series)),
+        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
+        manufacturer=str(first.get("Manufacturer", "")),
+    )
+
+
+def read_ct_series(paths: Sequence[str | Path]) -> CTSeries:
+    """Read the files of one CT series (any order) into a :class:`CTSeries`; errors as :func:`ct_series`."""
+    datasets = [read_dicom(p) for p in paths]
+    return ct_series(datasets, [str(p) for p in paths])
+
+
+def referenced_series_uids(seg: Dataset) -> set[str]:
+    """SeriesInstanceUIDs a SEG says it was derived from (ReferencedSeriesSequence)."""
+    return {str(item.get("SeriesInstanceUID", "")) for item in seg.get("ReferencedSeriesSequence", [])}
+
+
+def segmentation_mask(seg_ds: Dataset, series: CTSeries, name: str = "SEG",
+                      segment_numbers: Sequence[int] | None = None) -> np.ndarray:
+    """The tumour mask of a SEG on the grid of ``series``: uint8 ``(Z, rows, columns)`` of 0/1.
+
+    Segments ``segment_numbers`` (default: all) are combined. Frames are placed by the CT
+    instance they reference; a SEG without per-frame references is placed by frame position.
+
+    Raises:
+        SegmentationError: not a SEG, references another series, frames that match no slice of
+            ``series``, a matrix size that differs from the CT, or an empty mask.
+    """
+    import highdicom as hd
+
+    if str(seg_ds.get("SOPClassUID", "")) != SEGMENTATION_STORAGE:
+        raise SegmentationError(
+            f"{name!r} has SOPClassUID {str(seg_ds.get('SOPClassUID', ''))!r}; expected a DICOM SEG "
+            f"({SEGMENTATION_STORAGE}) in the patient's seg/ folder"
+        )
+    refs = referenced_series_uids(seg_ds)
+    if refs and series.series_uid not in refs:
+        raise SegmentationError(
+            f"{name!r} references series {sorted(refs)}, not the CT series {series.series_uid}; "
+            "export the SEG against this CT series"
+        )
+    if (int(seg_ds.Rows), int(seg_ds.Columns)) != series.hu.shape[1:]:
+        raise SegmentationError(
+            f"{name!r} has {seg_ds.Rows}x{seg_ds.Columns} pixels per frame, the CT "
+            f"{series.hu.shape[1]}x{series.hu.shape[2]}; expected the CT's matrix"
+        )
+    try:
+        seg = hd.seg.Segmentation.from_dataset(seg_ds, copy=False)
+        numbers = list(segment_numbers) if segment_numbers is not None else list(seg.segment_numbers)
+        source = [(s, se, sop) for s, se, sop in seg.get_source_image_uids()]
+    except (ValueError, AttributeError, KeyError, TypeError) as exc:
+        raise SegmentationError(f"{name!r} is not a readable DICOM SEG ({type(exc).__name__}: {exc})") from None
+    mask = np.zeros(series.hu.shape, dtype=np.uint8)
+    other_series = sorted({se for _, se, _ in source if se != series.series_uid})
+    if other_series:
+        raise SegmentationError(
+            f"{name!r} has frames derived from series {other_series}, not the CT series "
+            f"{series.series_uid}; export the SEG against this CT series"
+        )
+    sop_uids = [sop for _, _, sop in source]
+    if sop_uids:
+        missing = [u for u in sop_uids if series.index_of(u) is None]
+        if missing:
+            raise SegmentationError(
+                f"{name!r} references {len(missing)} CT instance(s) not in the series (e.g. {missing[0]}); "
+                "the CT series is incomplete or the SEG belongs to another series"
+            )
+        try:
+            frames = seg.get_pixels_by_source_instance(
+                source_sop_instance_uids=sop_uids, segment_numbers=numbers, combine_segments=True,
+                skip_overlap_checks=True)
+        except (ValueError, KeyError, IndexError, RuntimeError) as exc:
+            raise SegmentationError(f"{name!r}: frames cannot be mapped to the CT ({exc})") from None
+        for uid, frame in zip(sop_uids, frames):
+            mask[series.index_of(uid)] |= (np.asarray(frame) > 0).astype(np.uint8)
+    else:
+        _place_by_position(seg_ds, series, mask, name, set(numbers))
+    if not mask.any():
+        raise SegmentationError(f"{name!r} holds an empty tumour mask; expected at least one tumour pixel")
+    return mask
+
+
+def _place_by_position(seg_ds: Dataset, series: CTSeries, mask: np.ndarray, name: str,
+                       numbers: set[int]) -> None:
+    """Fallback for SEGs without source references: match frames to slices by position."""
+    normal = np.cross(series.orientation[:3], series.orientation[3:])
+    pixels = decode_pixels(seg_ds, name)
+    if pixels.ndim == 2:
+        pixels = pixels[None]
+    tol = max(series.slice_spacing, 1e-3) / 2
+    for i, fg in enumerate(seg_ds.get("PerFrameFunctionalGroupsSequence", [])):
+        try:
+            number = int(fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+            ipp = np.asarray([float(v) for v in fg.PlanePositionSequence[0].ImagePositionPatient])
+        except (AttributeError, IndexError) as exc:
+            raise SegmentationError(f"{name!r} frame {i + 1} lacks its segment number or position ({exc}); "
+                                    "re-export the SEG with source references") from None
+        if number not in numbers:
+            continue
+        k = int(np.argmin(np.abs(series.z_mm - ipp @ normal)))
+        if abs(series.z_mm[k] - ipp @ normal) > tol:
+            raise SegmentationError(
+                f"{name!r} frame {i + 1} lies at {ipp @ normal:.2f} mm along the normal, no CT slice within "
+                f"{tol:.2f} mm; the SEG does not belong to this series"
+            )
+        mask[k] |= (pixels[i] > 0).astype(np.uint8)
