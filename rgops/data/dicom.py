@@ -40,20 +40,26 @@ SPACING_TOL_MM = 1e-3
 GAP_TOL = 0.05
 
 
-def read_dicom(path: str | Path, stop_before_pixels: bool = False) -> Dataset:
+def read_dicom(path: str | Path, stop_before_pixels: bool = False, name: str | None = None) -> Dataset:
     """Read one DICOM file.
+
+    Args:
+        path: the file.
+        stop_before_pixels: read the header only.
+        name: how to name the file in errors (default: its path).
 
     Raises:
         DicomError: the file is missing, not DICOM, or truncated in its header.
     """
     p = Path(path)
+    label = name if name is not None else str(p)
     try:
         return pydicom.dcmread(p, stop_before_pixels=stop_before_pixels)
     except FileNotFoundError:
-        raise DicomError(f"DICOM file {str(p)!r} does not exist") from None
+        raise DicomError(f"DICOM file {label!r} does not exist") from None
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
         raise DicomError(
-            f"{str(p)!r} is not a readable DICOM file ({type(exc).__name__}: {exc}); "
+            f"{label!r} is not a readable DICOM file ({type(exc).__name__}: {exc}); "
             "check that the transfer was complete or remove the file"
         ) from None
 

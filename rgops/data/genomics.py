@@ -1,0 +1,147 @@
+"""Reading the cohort's gene-expression table (GEO-style TSV) and clinical table (CSV).
+
+Both tables are keyed by the *source* PatientID, an identifier: error messages therefore name
+columns and rows by position (and genes by symbol), never by sample id. Callers pseudonymise the
+index right after reading.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rgops.errors import CohortError, GeneTableError
+
+log = logging.getLogger(__name__)
+
+GENE_COLUMN = "gene_symbol"
+CLINICAL_ID = "patient_id"
+CLINICAL_COLUMNS = ("patient_id", "age", "sex", "smoking_status", "pack_years", "histology",
+                    "egfr_status", "kras_status", "survival_months", "event")
+#: PS3.15 / HIPAA safe harbour: ages over 89 are reported as 90.
+AGE_CAP = 90
+
+
+@dataclass(frozen=True)
+class GeneTable:
+    """Raw expression, samples x genes.
+
+    Attributes:
+        expr: float64 DataFrame, index = sample id (source PatientID), columns = gene symbols in
+            file order; NaN where the file had an empty cell.
+        n_missing: number of missing (empty/NA) cells.
+    """
+
+    expr: pd.DataFrame
+    n_missing: int
+
+    @property
+    def genes(self) -> list[str]:
+        return [str(g) for g in self.expr.columns]
+
+    def log2p1(self) -> pd.DataFrame:
+        """``log2(x + 1)`` of the raw values (NaN kept)."""
+        return np.log2(self.expr + 1.0)
+
+
+def read_gene_table(path: str | Path) -> GeneTable:
+    """Read a genes x samples TSV (first column ``gene_symbol``, one column per sample).
+
+    Raises:
+        GeneTableError: missing file or header, an empty/NaN gene symbol, duplicate gene symbols,
+            duplicate sample ids, a non-numeric or negative value, no samples.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise GeneTableError(f"gene table {str(p)!r} does not exist; expected genes.tsv in the cohort folder")
+    with open(p, newline="") as fh:
+        header = next(csv.reader(fh, delimiter="\t"), None)
+    if not header or header[0].strip() != GENE_COLUMN:
+        got = header[0] if header else "an empty file"
+        raise GeneTableError(f"gene table {str(p)!r} starts with {got!r}; expected a first column {GENE_COLUMN!r}")
+    samples = [h.strip() for h in header[1:]]
+    if not samples:
+        raise GeneTableError(f"gene table {str(p)!r} has no sample columns; expected one column per patient")
+    seen: dict[str, int] = {}
+    for i, s in enumerate(samples, start=2):
+        if not s:
+            raise GeneTableError(f"gene table {str(p)!r}: column {i} has an empty sample id")
+        if s in seen:
+            raise GeneTableError(
+                f"gene table {str(p)!r}: columns {seen[s]} and {i} carry the same sample id; "
+                "each patient must appear once (merge or drop replicates first)"
+            )
+        seen[s] = i
+    raw = pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False, na_filter=False)
+    raw.columns = [GENE_COLUMN, *samples]
+    symbols = raw[GENE_COLUMN].str.strip()
+    bad = symbols.isin(["", "NA", "NaN", "nan", "null", "NULL"])
+    if bad.any():
+        rows = (np.flatnonzero(bad.to_numpy()) + 2).tolist()[:10]
+        raise GeneTableError(
+            f"gene table {str(p)!r} has {int(bad.sum())} row(s) without a gene symbol (file lines {rows}); "
+            "every row needs a gene symbol"
+        )
+    dup = symbols[symbols.duplicated(keep=False)]
+    if len(dup):
+        raise GeneTableError(
+            f"gene table {str(p)!r} lists gene symbol(s) {sorted(set(dup))[:10]} more than once; "
+            "collapse duplicate probes to one row per gene first"
+        )
+    values = raw[samples].apply(lambda col: col.str.strip())
+    missing = values.isin(["", "NA", "NaN", "nan", "null", "NULL"])
+    numeric = values.mask(missing).apply(pd.to_numeric, errors="coerce")
+    not_number = numeric.isna() & ~missing
+    if not_number.to_numpy().any():
+        r, c = np.argwhere(not_number.to_numpy())[0]
+        raise GeneTableError(
+            f"gene table {str(p)!r}: gene {symbols.iloc[r]!r} (file line {r + 2}) column {c + 2} holds "
+            f"{values.iat[r, c]!r}, which is not a number; expected raw non-negative expression values"
+        )
+    arr = numeric.to_numpy(dtype=np.float64)
+    if np.isinf(arr).any():
+        r, c = np.argwhere(np.isinf(arr))[0]
+        raise GeneTableError(f"gene table {str(p)!r}: gene {symbols.iloc[r]!r} column {c + 2} is infinite")
+    if (arr < 0).any():
+        r, c = np.argwhere(arr < 0)[0]
+        raise GeneTableError(
+            f"gene table {str(p)!r}: gene {symbols.iloc[r]!r} column {c + 2} is negative ({arr[r, c]}); "
+            "expected raw non-negative expression (rgops applies log2(x+1) itself)"
+        )
+    n_missing = int(missing.to_numpy().sum())
+    if n_missing:
+        log.info("gene table: %d missing value(s) of %d", n_missing, arr.size)
+    expr = pd.DataFrame(arr.T, index=pd.Index(samples, name="sample_id"), columns=list(symbols))
+    return GeneTable(expr=expr, n_missing=n_missing)
+
+
+def read_clinical(path: str | Path) -> pd.DataFrame:
+    """Read clinical.csv: one row per patient, keyed by the source ``patient_id``.
+
+    Ages above 89 are capped at 90 (safe harbour). Returns the table indexed by ``patient_id``.
+
+    Raises:
+        CohortError: missing file, missing ``patient_id`` column, empty or duplicate ids.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CohortError(f"clinical table {str(p)!r} does not exist; expected clinical.csv in the cohort folder")
+    df = pd.read_csv(p, dtype={CLINICAL_ID: str})
+    if CLINICAL_ID not in df.columns:
+        raise CohortError(f"clinical table {str(p)!r} has columns {list(df.columns)}; expected a {CLINICAL_ID!r} column")
+    ids = df[CLINICAL_ID].astype(str).str.strip()
+    if df[CLINICAL_ID].isna().any() or (ids == "").any():
+        raise CohortError(f"clinical table {str(p)!r} has rows without a patient_id")
+    if ids.duplicated().any():
+        rows = (np.flatnonzero(ids.duplicated().to_numpy()) + 2).tolist()[:10]
+        raise CohortError(f"clinical table {str(p)!r} repeats a patient_id (file lines {rows}); one row per patient")
+    df = df.assign(**{CLINICAL_ID: ids}).set_index(CLINICAL_ID)
+    if "age" in df.columns:
+        age = pd.to_numeric(df["age"], errors="coerce")
+        df["age"] = age.where(age.isna() | (age <= AGE_CAP - 1), AGE_CAP)
+    return df

@@ -1,0 +1,547 @@
+"""Ingest: a raw cohort folder -> the de-identified datasets folder (docs/architecture.md).
+
+Per patient (:func:`ingest_patient`, independent, so a flow can fan out): read the CT and SEG
+files, de-identify every header (:mod:`rgops.data.deid`) before anything else looks at it, stack
+the series, place the SEG's tumour mask, cut the patch on the slice with the largest tumour
+area. Per cohort (:func:`ingest_cohort`): read and check the gene and clinical tables, link them
+by pseudonym, split patients, normalise genes with train-split statistics, and write every file
+into a temporary folder that is renamed into place only when complete.
+
+A patient that cannot be used is skipped with a reason, logged (pseudonym only) and counted in
+``ingest_report.json``; a cohort with no usable patient is a :class:`~rgops.errors.CohortError`.
+
+Split: each patient gets a score from SHA-256 of ``"<split_seed>:<pseudo_id>"``; the score's
+position against the cumulative split fractions picks the split, so a patient keeps its split
+when the cohort grows. If that leaves a split with a positive fraction empty (tiny cohorts),
+patients are instead assigned by rank of the same score, in proportion to the fractions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydicom.dataset import Dataset
+
+from rgops.config import from_dict
+from rgops.data.datasets import SPLITS, Datasets, GenePanel
+from rgops.data.deid import deidentify, find_identifiers
+from rgops.data.dicom import (
+    CTSeries,
+    ct_series,
+    read_dicom,
+    referenced_series_uids,
+    segmentation_mask,
+)
+from rgops.data.genomics import read_clinical, read_gene_table
+from rgops.data.pseudonym import load_key, pseudonymize
+from rgops.errors import (
+    CohortError,
+    ConfigError,
+    DeidentificationError,
+    DicomDecodeError,
+    DicomError,
+    SegmentationError,
+)
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+#: Skip reasons, as counted in ingest_report.json.
+REASONS = ("no_genes", "no_images", "no_seg", "bad_dicom", "undecodable", "bad_series", "bad_seg",
+           "tumour_too_small", "patient_id_mismatch")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """The ``ingest:`` section of params.yaml.
+
+    Attributes:
+        patch_size: side S of the square patches (64 default, 128 supported).
+        hu_window: HU range kept; values outside are clipped, then scaled to [-1, 1].
+        crop_factor: crop side = crop_factor x max(bbox height, bbox width) (pixels).
+        pad_hu: value outside the image when the crop leaves it (air).
+        split_fractions: train, val, test fractions (sum 1).
+        split_seed: seed of the patient-level split.
+        min_tumour_area_px: a largest tumour cross-section below this (pixels) skips the patient.
+        parquet_compression: compression of the parquet files (None: uncompressed).
+    """
+
+    patch_size: int = 64
+    hu_window: tuple[float, float] = (-1000.0, 500.0)
+    crop_factor: float = 2.0
+    pad_hu: float = -1000.0
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split_seed: int = 0
+    min_tumour_area_px: int = 4
+    parquet_compression: str | None = "snappy"
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.patch_size <= 512:
+            raise ConfigError(f"ingest.patch_size: got {self.patch_size}, expected 8..512 (64 default, 128 supported)")
+        lo, hi = self.hu_window
+        if not lo < hi:
+            raise ConfigError(f"ingest.hu_window: got {list(self.hu_window)}, expected [low, high] with low < high")
+        if self.crop_factor < 1.0:
+            raise ConfigError(f"ingest.crop_factor: got {self.crop_factor}, expected >= 1 (the crop must hold the tumour)")
+        fr = self.split_fractions
+        if min(fr) < 0 or fr[0] <= 0 or not math.isclose(sum(fr), 1.0, abs_tol=1e-6):
+            raise ConfigError(
+                f"ingest.split_fractions: got {list(fr)}, expected three non-negative fractions "
+                "(train > 0) that sum to 1"
+            )
+        if self.min_tumour_area_px < 1:
+            raise ConfigError(f"ingest.min_tumour_area_px: got {self.min_tumour_area_px}, expected >= 1")
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "IngestConfig":
+        """Read the ``ingest`` section of a params mapping (absent section -> defaults)."""
+        return from_dict(cls, params.get("ingest") or {}, "ingest")
+
+
+@dataclass
+class PatientResult:
+    """What :func:`ingest_patient` made of one patient.
+
+    ``patch``/``mask`` are ``(1, S, S)`` (float32 / uint8) and ``record`` the manifest fields
+    (without ``split``) when ingested; otherwise ``skip_reason`` (one of :data:`REASONS`) and a
+    ``detail`` that names the patient by pseudonym only. ``instances`` holds one de-identified
+    header row per CT/SEG instance that could be read.
+    """
+
+    pseudo_id: str
+    patch: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    record: dict[str, Any] | None = None
+    instances: list[dict[str, Any]] = field(default_factory=list)
+    skip_reason: str | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.skip_reason is None
+
+
+@dataclass
+class IngestReport:
+    """Counts of an ingest run (written to ``ingest_report.json``); pseudonymous ids only."""
+
+    patients_seen: int
+    ingested: int
+    skipped: dict[str, list[str]]
+    splits: dict[str, int]
+    n_genes: int
+    missing_gene_values: int
+    n_instances: int
+    patch_size: int
+    seconds: float
+    out: str = ""
+
+    @property
+    def skipped_counts(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.skipped.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": "rgops-ingest-report/1",
+            "patients_seen": self.patients_seen,
+            "ingested": self.ingested,
+            "skipped_counts": self.skipped_counts,
+            "skipped": self.skipped,
+            "splits": self.splits,
+            "n_genes": self.n_genes,
+            "missing_gene_values": self.missing_gene_values,
+            "n_instances": self.n_instances,
+            "patch_size": self.patch_size,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# patches
+
+
+def tumour_bbox(mask2d: np.ndarray) -> tuple[int, int, int, int]:
+    """``(r0, c0, r1, c1)`` of the non-zero pixels, end-exclusive."""
+    rows = np.flatnonzero(mask2d.any(axis=1))
+    cols = np.flatnonzero(mask2d.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def _crop(image: np.ndarray, top: int, left: int, side: int, fill: float) -> np.ndarray:
+    out = np.full((side, side), fill, dtype=image.dtype)
+    r0, c0 = max(top, 0), max(left, 0)
+    r1, c1 = min(top + side, image.shape[0]), min(left + side, image.shape[1])
+    if r1 > r0 and c1 > c0:
+        out[r0 - top:r1 - top, c0 - left:c1 - left] = image[r0:r1, c0:c1]
+    return out
+
+
+def extract_patch(hu: np.ndarray, mask: np.ndarray, config: IngestConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Cut the patch of the patch contract from a volume and its tumour mask.
+
+    Args:
+        hu: ``(Z, R, C)`` Hounsfield units.
+        mask: ``(Z, R, C)`` tumour mask (non-zero = tumour).
+        config: patch size, HU window, crop factor, pad value.
+
+    Returns:
+        ``patch`` float32 ``(1, S, S)`` in [-1, 1], ``mask`` uint8 ``(1, S, S)`` and the fields
+        ``slice_index``, ``bbox_r0/c0/r1/c1``, ``tumour_area_px``, ``crop_side_px``.
+
+    Raises:
+        SegmentationError: the mask is empty or its shape differs from ``hu``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if hu.shape != mask.shape or hu.ndim != 3:
+        raise SegmentationError(f"mask shape {mask.shape} does not match the CT volume {hu.shape}")
+    areas = (mask > 0).sum(axis=(1, 2))
+    k = int(np.argmax(areas))
+    if areas[k] == 0:
+        raise SegmentationError("tumour mask is empty; expected at least one tumour pixel")
+    r0, c0, r1, c1 = tumour_bbox(mask[k] > 0)
+    side = max(2, int(math.ceil(config.crop_factor * max(r1 - r0, c1 - c0))))
+    top = int(math.floor((r0 + r1) / 2 - side / 2))
+    left = int(math.floor((c0 + c1) / 2 - side / 2))
+    lo, hi = config.hu_window
+    image = np.clip(_crop(hu[k].astype(np.float32), top, left, side, config.pad_hu), lo, hi)
+    tmask = _crop((mask[k] > 0).astype(np.float32), top, left, side, 0.0)
+    s = config.patch_size
+    with torch.no_grad():
+        img = F.interpolate(torch.from_numpy(image)[None, None], size=(s, s), mode="bilinear",
+                            align_corners=False, antialias=True)[0]
+        msk = F.interpolate(torch.from_numpy(tmask)[None, None], size=(s, s), mode="nearest-exact")[0]
+    patch = np.clip((img.numpy() - lo) / (hi - lo) * 2.0 - 1.0, -1.0, 1.0).astype(np.float32)
+    info = {"slice_index": k, "bbox_r0": r0, "bbox_c0": c0, "bbox_r1": r1, "bbox_c1": c1,
+            "tumour_area_px": int(areas[k]), "crop_side_px": side}
+    return patch, (msk.numpy() > 0.5).astype(np.uint8), info
+
+
+# --------------------------------------------------------------------------------------------
+# one patient
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def _instance_row(pseudo_id: str, ds: Dataset) -> dict[str, Any]:
+    def num(keyword: str, i: int | None = None) -> float | None:
+        v = ds.get(keyword)
+        if v in (None, ""):
+            return None
+        try:
+            return float(v[i]) if i is not None else float(v)
+        except (TypeError, ValueError, IndexError):
+            return None
+
+    refs = sorted(referenced_series_uids(ds)) if str(ds.get("Modality", "")) == "SEG" else []
+    ipp = ds.get("ImagePositionPatient")
+    return {
+        "pseudo_id": pseudo_id,
+        "modality": str(ds.get("Modality", "")),
+        "sop_class_uid": str(ds.get("SOPClassUID", "")),
+        "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
+        "series_uid": str(ds.get("SeriesInstanceUID", "")),
+        "study_uid": str(ds.get("StudyInstanceUID", "")),
+        "frame_of_reference_uid": str(ds.get("FrameOfReferenceUID", "")),
+        "referenced_series_uid": refs[0] if refs else None,
+        "transfer_syntax_uid": str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")),
+        "manufacturer": str(ds.get("Manufacturer", "")),
+        "rows": int(ds.get("Rows", 0) or 0),
+        "columns": int(ds.get("Columns", 0) or 0),
+        "n_frames": int(ds.get("NumberOfFrames", 1) or 1),
+        "bits_stored": int(ds.get("BitsStored", 0) or 0),
+        "pixel_spacing_row_mm": num("PixelSpacing", 0),
+        "pixel_spacing_col_mm": num("PixelSpacing", 1),
+        "slice_thickness_mm": num("SliceThickness"),
+        "image_position_z_mm": float(ipp[2]) if ipp is not None and len(ipp) == 3 else None,
+        "rescale_slope": num("RescaleSlope"),
+        "rescale_intercept": num("RescaleIntercept"),
+        "patient_identity_removed": str(ds.get("PatientIdentityRemoved", "")),
+        "deid_leftovers": len(find_identifiers(ds)),
+    }
+
+
+def _skip(result: PatientResult, reason: str, detail: str) -> PatientResult:
+    result.skip_reason = reason
+    result.detail = detail
+    log.warning("patient %s skipped (%s): %s", result.pseudo_id, reason, detail)
+    return result
+
+
+def ingest_patient(patient_dir: str | Path, config: IngestConfig, key: bytes) -> PatientResult:
+    """De-identify, read and cut the patch of one patient (``COHORT/ct/<PatientID>/``).
+
+    The folder name is the source PatientID; headers must carry the same PatientID. Files are
+    named in messages as ``<pseudo_id>/series<j>/file<k>`` (the source file and folder names may
+    hold identifiers). Never raises for bad data: the result carries a skip reason instead.
+
+    Returns:
+        A :class:`PatientResult`; ``result.ok`` when a patch was made.
+    """
+    folder = Path(patient_dir)
+    source_id = folder.name
+    pid = pseudonymize(source_id, key)
+    result = PatientResult(pid)
+    series_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and d.name != "seg")
+    seg_files = _files(folder / "seg") if (folder / "seg").is_dir() else []
+    if not series_dirs:
+        return _skip(result, "no_images", "no CT series folder")
+    if not seg_files:
+        return _skip(result, "no_seg", "no SEG file in seg/")
+
+    try:
+        series_raw: list[tuple[list[Dataset], list[str]]] = []
+        for j, sdir in enumerate(series_dirs):
+            files = _files(sdir)
+            names = [f"{pid}/series{j}/file{k}" for k in range(len(files))]
+            series_raw.append(([read_dicom(p, name=n) for p, n in zip(files, names)], names))
+        segs_raw = [read_dicom(p, name=f"{pid}/seg/file{k}") for k, p in enumerate(seg_files)]
+    except DicomError as exc:
+        return _skip(result, "bad_dicom", _redact(str(exc), source_id, folder))
+
+    headers = [ds for dss, _ in series_raw for ds in dss] + segs_raw
+    ids = {str(ds.get("PatientID", "")).strip() for ds in headers} - {""}
+    if ids and ids != {source_id}:
+        return _skip(result, "patient_id_mismatch",
+                     f"{len(ids)} PatientID value(s) in the headers differ from the folder name")
+    try:
+        series_de = [([deidentify(ds, key, source_id) for ds in dss], names) for dss, names in series_raw]
+        segs_de = [deidentify(ds, key, source_id) for ds in segs_raw]
+    except DeidentificationError as exc:
+        return _skip(result, "bad_dicom", _redact(str(exc), source_id, folder))
+    del series_raw, segs_raw, headers
+    result.instances = [_instance_row(pid, ds) for dss, _ in series_de for ds in dss]
+    result.instances += [_instance_row(pid, ds) for ds in segs_de]
+
+    # the SEG decides which series is the tumour's; a lone series is checked by the SEG itself
+    seg = segs_de[0]
+    refs = referenced_series_uids(seg)
+    chosen = [s for s in series_de if str(s[0][0].get("SeriesInstanceUID", "")) in refs] if refs else []
+    if not chosen:
+        if len(series_de) == 1:
+            chosen = series_de
+        else:
+            return _skip(result, "bad_seg", f"the SEG references none of the {len(series_de)} CT series")
+    dss, names = chosen[0]
+    try:
+        series = ct_series(dss, names)
+    except DicomDecodeError as exc:
+        return _skip(result, "undecodable", _redact(str(exc), source_id, folder))
+    except DicomError as exc:
+        return _skip(result, "bad_series", _redact(str(exc), source_id, folder))
+    try:
+        mask = segmentation_mask(seg, series, name=f"{pid}/seg/file0")
+        patch, pmask, info = extract_patch(series.hu, mask, config)
+    except DicomDecodeError as exc:
+        return _skip(result, "undecodable", _redact(str(exc), source_id, folder))
+    except DicomError as exc:  # SegmentationError included
+        return _skip(result, "bad_seg", _redact(str(exc), source_id, folder))
+    if info["tumour_area_px"] < config.min_tumour_area_px:
+        return _skip(result, "tumour_too_small",
+                     f"largest tumour cross-section {info['tumour_area_px']} px < min_tumour_area_px "
+                     f"{config.min_tumour_area_px}")
+    result.patch, result.mask = patch, pmask
+    result.record = _manifest_record(pid, series, info)
+    return result
+
+
+def _manifest_record(pid: str, series: CTSeries, info: dict[str, Any]) -> dict[str, Any]:
+    k = info["slice_index"]
+    return {
+        "pseudo_id": pid,
+        "series_uid": series.series_uid,
+        "slice_index": k,
+        "slice_z_mm": float(series.z_mm[k]),
+        "pixel_spacing_mm": float(series.pixel_spacing[0]),
+        "pixel_spacing_col_mm": float(series.pixel_spacing[1]),
+        "slice_thickness_mm": series.slice_thickness,
+        "slice_spacing_mm": float(series.slice_spacing),
+        "crop_side_px": info["crop_side_px"],
+        "bbox_r0": info["bbox_r0"], "bbox_c0": info["bbox_c0"],
+        "bbox_r1": info["bbox_r1"], "bbox_c1": info["bbox_c1"],
+        "tumour_area_px": info["tumour_area_px"],
+        "manufacturer": series.manufacturer,
+        "n_slices": series.n_slices,
+    }
+
+
+def _redact(text: str, source_id: str, folder: Path) -> str:
+    """Remove the source PatientID and the cohort's folder names from a message."""
+    out = text.replace(str(folder), "<patient>")
+    for d in folder.iterdir() if folder.is_dir() else []:
+        if d.name != "seg":
+            out = out.replace(d.name, "<series>")
+    return out.replace(source_id, "<patient>")
+
+
+# --------------------------------------------------------------------------------------------
+# the cohort
+
+
+def split_score(pseudo_id: str, seed: int) -> float:
+    """A patient's split score in [0, 1): SHA-256 of ``"<seed>:<pseudo_id>"``."""
+    digest = hashlib.sha256(f"{seed}:{pseudo_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def assign_splits(pseudo_ids: Sequence[str], fractions: Sequence[float], seed: int) -> dict[str, str]:
+    """Patient-level split, deterministic from the pseudonyms and ``seed`` (see module docstring)."""
+    scores = {p: split_score(p, seed) for p in pseudo_ids}
+    edges = np.cumsum(fractions)
+    out = {p: SPLITS[min(int(np.searchsorted(edges, s, side="right")), len(SPLITS) - 1)] for p, s in scores.items()}
+    wanted = [name for name, f in zip(SPLITS, fractions) if f > 0]
+    if len(pseudo_ids) >= len(wanted) and not set(wanted) <= set(out.values()):
+        ranked = sorted(pseudo_ids, key=lambda p: (scores[p], p))
+        n = len(ranked)
+        counts = [int(round(f * n)) for f in fractions]
+        for i, f in enumerate(fractions):  # every split with a positive fraction gets a patient
+            if f > 0 and counts[i] == 0:
+                counts[i] = 1
+        while sum(counts) > n:
+            counts[int(np.argmax(counts))] -= 1
+        counts[0] += n - sum(counts)
+        out, start = {}, 0
+        for name, c in zip(SPLITS, counts):
+            for p in ranked[start:start + c]:
+                out[p] = name
+            start += c
+    return out
+
+
+def ingest_cohort(cohort: str | Path, out: str | Path, config: IngestConfig, key: bytes | None = None,
+                  progress: Progress | None = None) -> IngestReport:
+    """Ingest a cohort folder into a datasets folder (layout: docs/architecture.md).
+
+    Args:
+        cohort: the cohort folder (``ct/``, ``genes.tsv``, ``clinical.csv``).
+        out: the datasets folder to write; replaced atomically (rename) when complete.
+        config: the ``ingest`` parameters.
+        key: pseudonymisation key; default :func:`rgops.data.pseudonym.load_key`.
+        progress: called as ``progress(done, total)`` after each patient.
+
+    Returns:
+        The :class:`IngestReport` (also written as ``ingest_report.json``).
+
+    Raises:
+        CohortError: the cohort folder is not laid out as documented, or no patient is usable.
+        GeneTableError: the gene table is malformed.
+    """
+    t0 = time.perf_counter()
+    cohort, out = Path(cohort), Path(out)
+    key = key if key is not None else load_key()
+    ct_root = cohort / "ct"
+    if not ct_root.is_dir():
+        raise CohortError(f"cohort {str(cohort)!r} has no ct/ folder; expected ct/<PatientID>/<series>/*.dcm")
+    genes_path, clinical_path = cohort / "genes.tsv", cohort / "clinical.csv"
+    if not genes_path.is_file():
+        raise CohortError(f"cohort {str(cohort)!r} has no genes.tsv; expected the genes x samples table there")
+    table = read_gene_table(genes_path)
+    clinical = read_clinical(clinical_path)
+
+    gene_pid = {pseudonymize(s, key): s for s in table.expr.index}
+    patient_dirs = {pseudonymize(d.name, key): d for d in sorted(ct_root.iterdir()) if d.is_dir()}
+    seen = sorted(set(gene_pid) | set(patient_dirs))
+    skipped: dict[str, list[str]] = {}
+    for pid in sorted(set(gene_pid) - set(patient_dirs)):
+        skipped.setdefault("no_images", []).append(pid)
+        log.warning("patient %s skipped (no_images): genes but no ct/ folder", pid)
+    todo = [pid for pid in sorted(patient_dirs) if pid in gene_pid]
+    for pid in sorted(set(patient_dirs) - set(gene_pid)):
+        skipped.setdefault("no_genes", []).append(pid)
+        log.warning("patient %s skipped (no_genes): images but no genes.tsv column", pid)
+
+    results: list[PatientResult] = []
+    instances: list[dict[str, Any]] = []
+    for i, pid in enumerate(todo):
+        r = ingest_patient(patient_dirs[pid], config, key)
+        instances.extend(r.instances)
+        if r.ok:
+            results.append(r)
+        else:
+            skipped.setdefault(r.skip_reason or "unknown", []).append(pid)
+        if progress is not None:
+            progress(i + 1, len(todo))
+    if not results:
+        counts = {k: len(v) for k, v in skipped.items()}
+        raise CohortError(
+            f"cohort {str(cohort)!r}: no usable patient among {len(seen)} (skipped by reason: {counts}); "
+            "see the log lines above for each patient"
+        )
+
+    pids = [r.pseudo_id for r in results]
+    splits = assign_splits(pids, config.split_fractions, config.split_seed)
+    manifest = pd.DataFrame([{**r.record, "split": splits[r.pseudo_id]} for r in results])
+    cols = ["pseudo_id", "split"] + [c for c in manifest.columns if c not in ("pseudo_id", "split")]
+    manifest = manifest[cols]
+    raw = table.expr.loc[[gene_pid[p] for p in pids]]
+    raw.index = pd.Index(pids, name="pseudo_id")
+    train = manifest["split"].to_numpy() == "train"
+    panel = GenePanel.fit(np.log2(raw[train] + 1.0))
+    genes = pd.DataFrame(panel.normalise(raw, impute=True), index=raw.index, columns=list(panel.genes))
+
+    clin = clinical.copy()
+    clin.index = pd.Index([pseudonymize(s, key) for s in clin.index], name="pseudo_id")
+    clin = clin.sort_index().reset_index()
+    clin["split"] = clin["pseudo_id"].map(splits)
+
+    inst = pd.DataFrame(instances)
+    report = IngestReport(
+        patients_seen=len(seen), ingested=len(results), skipped={k: sorted(v) for k, v in sorted(skipped.items())},
+        splits={s: int((manifest["split"] == s).sum()) for s in SPLITS}, n_genes=len(panel),
+        missing_gene_values=table.n_missing, n_instances=len(inst), patch_size=config.patch_size,
+        seconds=0.0, out=str(out),
+    )
+    comp = config.parquet_compression
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        np.save(tmp / "patches.npy", np.stack([r.patch for r in results]).astype(np.float32))
+        np.save(tmp / "masks.npy", np.stack([r.mask for r in results]).astype(np.uint8))
+        genes.to_parquet(tmp / "genes.parquet", compression=comp)
+        panel.save(tmp / "gene_panel.json")
+        manifest.to_parquet(tmp / "manifest.parquet", index=False, compression=comp)
+        clin.to_parquet(tmp / "clinical.parquet", index=False, compression=comp)
+        inst.to_parquet(tmp / "instances.parquet", index=False, compression=comp)
+        Datasets.load(tmp)  # the contract check, before anything replaces ``out``
+        report.seconds = time.perf_counter() - t0
+        (tmp / "ingest_report.json").write_text(json.dumps(report.to_json(), indent=2))
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("ingested %d of %d patients into %s (%s)", report.ingested, report.patients_seen, out,
+             ", ".join(f"{k}: {n}" for k, n in report.skipped_counts.items()) or "none skipped")
+    return report
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` folder to ``out``, replacing an older one."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    os.chmod(out, 0o755)
+
+
+__all__ = ["IngestConfig", "IngestReport", "PatientResult", "REASONS", "assign_splits", "extract_patch",
+           "ingest_cohort", "ingest_patient", "split_score", "tumour_bbox"]
