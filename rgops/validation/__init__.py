@@ -1,0 +1,11 @@
+"""Data validation: expectation suites (``expectations/*.json``) run with Great Expectations 1.x.
+
+``validate_cohort`` checks a raw cohort, ``validate_datasets`` an ingested datasets folder; both
+return a :class:`ValidationReport` (``passed``, ``critical_failures``, ``warnings``,
+``to_json()``, ``to_markdown()``). Great Expectations is imported only when a suite runs.
+"""
+
+from rgops.validation.runner import Outcome, ValidationReport, validate_cohort, validate_datasets, write_json
+from rgops.validation.suites import ValidateConfig
+
+__all__ = ["Outcome", "ValidateConfig", "ValidationReport", "validate_cohort", "validate_datasets", "write_json"]
