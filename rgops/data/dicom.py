@@ -342,9 +342,11 @@ def _place_by_position(seg_ds: Dataset, series: CTSeries, mask: np.ndarray, name
     if pixels.ndim == 2:
         pixels = pixels[None]
     tol = max(series.slice_spacing, 1e-3) / 2
+    shared = (seg_ds.get("SharedFunctionalGroupsSequence") or [Dataset()])[0]
     for i, fg in enumerate(seg_ds.get("PerFrameFunctionalGroupsSequence", [])):
         try:
-            number = int(fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+            ident = fg.get("SegmentIdentificationSequence") or shared.SegmentIdentificationSequence
+            number = int(ident[0].ReferencedSegmentNumber)
             ipp = np.asarray([float(v) for v in fg.PlanePositionSequence[0].ImagePositionPatient])
         except (AttributeError, IndexError) as exc:
             raise SegmentationError(f"{name!r} frame {i + 1} lacks its segment number or position ({exc}); "

@@ -1,0 +1,111 @@
+"""De-identification (PS3.15 basic profile) of CT and SEG headers."""
+
+from __future__ import annotations
+
+import copy
+
+import pydicom
+import pytest
+import rg_dicom_factory as f
+from pydicom.data import get_testdata_file
+
+from rgops.data.deid import ACTIONS, deidentify, find_identifiers
+from rgops.data.dicom import ct_series, segmentation_mask
+from rgops.data.pseudonym import pseudonymize, pseudonymous_uid
+from rgops.errors import DeidentificationError
+
+KEY = b"unit-test-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def ct_and_seg():
+    mask = f.tumour_mask((6, 32, 32), (3, 16, 16), 4)
+    slices = f.ct_slices("R01-007", n_slices=6, mask=mask)
+    return slices, f.seg_for(slices, mask), mask
+
+
+def test_planted_identifiers_removed_from_ct(ct_and_seg):
+    slices, _, _ = ct_and_seg
+    planted = f.planted_strings("R01-007")
+    assert find_identifiers(slices[0], planted)  # the checker sees the raw header's PHI
+    out = deidentify(slices[0], KEY)
+    assert find_identifiers(out, planted) == []
+    text = str(out) + repr(out.file_meta)
+    for s in planted:
+        assert s.lower() not in text.lower(), s
+    assert out.PatientID == pseudonymize("R01-007", KEY) == out.PatientName
+    assert out.PatientIdentityRemoved == "YES"
+    assert out.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
+    assert not any(e.tag.is_private for e in out)
+    assert "PatientBirthDate" in out and out.PatientBirthDate == ""  # Z: emptied, kept
+    assert "InstitutionName" not in out and "OtherPatientIDsSequence" not in out  # X: removed
+
+
+def test_input_left_untouched(ct_and_seg):
+    slices, seg, _ = ct_and_seg
+    before = slices[1].SOPInstanceUID, seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+    deidentify(slices[1], KEY)
+    deidentify(seg, KEY)
+    assert (slices[1].SOPInstanceUID, seg.ReferencedSeriesSequence[0].SeriesInstanceUID) == before
+    assert slices[1].PatientName == f.PHI["PatientName"]
+
+
+def test_uids_remapped_consistently_and_seg_still_resolves(ct_and_seg):
+    slices, seg, mask = ct_and_seg
+    ct = [deidentify(s, KEY) for s in slices]
+    dseg = deidentify(seg, KEY)
+    assert ct[0].SeriesInstanceUID == pseudonymous_uid(slices[0].SeriesInstanceUID, KEY)
+    assert ct[0].StudyInstanceUID == dseg.StudyInstanceUID == pseudonymous_uid(slices[0].StudyInstanceUID, KEY)
+    assert ct[0].file_meta.MediaStorageSOPInstanceUID == ct[0].SOPInstanceUID
+    assert dseg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct[0].SeriesInstanceUID
+    assert find_identifiers(dseg, f.planted_strings("R01-007")) == []
+    assert dseg.ContentCreatorName == "" and dseg.DeviceSerialNumber == ""
+    # the de-identified SEG places the same mask on the de-identified CT
+    got = segmentation_mask(dseg, ct_series(ct))
+    assert (got == mask).all()
+
+
+def test_real_ct_from_pydicom_is_cleaned():
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    found = find_identifiers(ds)
+    assert any("private tag" in x for x in found) and any("OtherPatientIDsSequence" in x for x in found)
+    out = deidentify(ds, KEY)
+    assert find_identifiers(out, [str(ds.PatientName), str(ds.InstitutionName)]) == []
+    assert "SourceApplicationEntityTitle" not in out.file_meta
+
+
+def test_overlay_and_curve_groups_removed(ct_and_seg):
+    ds = copy.deepcopy(ct_and_seg[0][0])
+    ds.add_new(0x60000010, "US", 32)
+    ds.add_new(0x60003000, "OW", b"\x00" * 128)
+    ds.add_new(0x50000005, "US", 1)
+    assert any("curve/overlay" in x for x in find_identifiers(ds))
+    out = deidentify(ds, KEY)
+    assert not [e for e in out if 0x5000 <= e.tag.group <= 0x60FF]
+
+
+def test_missing_patient_id_refused():
+    ds = pydicom.Dataset()
+    ds.Modality = "CT"
+    with pytest.raises(DeidentificationError, match="no PatientID"):
+        deidentify(ds, KEY)
+
+
+def test_checker_flags_each_kind_of_leftover(ct_and_seg):
+    out = deidentify(ct_and_seg[0][2], KEY)
+    out.AccessionNumber = "ACC1"          # Z attribute with a value
+    out.InstitutionName = "Somewhere"     # X attribute present
+    out.SeriesInstanceUID = "1.2.3.4"     # U attribute not remapped
+    out.PatientID = "R01-007"             # not a pseudonym
+    found = find_identifiers(out)
+    for needle in ("AccessionNumber: not empty", "InstitutionName: present",
+                   "SeriesInstanceUID: UID not remapped", "PatientID: not a pseudonym"):
+        assert needle in found
+
+
+def test_table_covers_core_identifiers_of_e1_1():
+    for kw in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName",
+               "ReferringPhysicianName", "OperatorsName", "StudyInstanceUID", "SeriesInstanceUID",
+               "SOPInstanceUID", "FrameOfReferenceUID", "ImageComments", "OtherPatientIDsSequence",
+               "PatientAddress", "StationName", "DeviceSerialNumber", "StudyID"):
+        assert kw in ACTIONS, kw
