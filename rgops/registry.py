@@ -75,7 +75,8 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _actor(name: str | None) -> str:
+def actor_name(name: str | None = None) -> str:
+    """Who acts: ``name``, else ``$RGOPS_ACTOR``, else ``$USER``, else ``unknown``."""
     if name:
         return name
     return os.environ.get("RGOPS_ACTOR") or os.environ.get("USER") or "unknown"
@@ -550,7 +551,7 @@ class Registry:
                     model_id=model_id, await_creation_for=60)
                 if getattr(mv, "status", "READY") != "READY":
                     raise RegistryError(f"{name} version {mv.version} is {mv.status}, expected READY")
-            self._append_history(name, "registered", str(mv.version), _actor(actor),
+            self._append_history(name, "registered", str(mv.version), actor_name(actor),
                                  reason=f"run {run_id}, data {data_version['data_digest'][:12]}")
             with self._errors(f"setting @{CHALLENGER} on {name} version {mv.version}"):
                 self.client.set_registered_model_alias(name, CHALLENGER, str(mv.version))
@@ -581,7 +582,7 @@ class Registry:
         with self._errors(f"recording refusal on {name} version {version}"):
             self.client.set_model_version_tag(name, version, "decision", "refused")
             self.client.set_model_version_tag(name, version, "comment", reason[:5000])
-        self._append_history(name, "refused", version, _actor(actor), reason=reason)
+        self._append_history(name, "refused", version, actor_name(actor), reason=reason)
         return PromotionRefused(f"{name} version {version} not promoted: {reason}")
 
     def decide(self, name: str, version: str | int, decision: Decision) -> str | None:
@@ -646,7 +647,7 @@ class Registry:
             RegistryError: there is no champion, or no earlier approved champion to go back to.
         """
         kind_of(name)
-        by = _actor(actor)
+        by = actor_name(actor)
         current = self.aliases(name).get(CHAMPION)
         if current is None:
             raise RegistryError(f"{name} has no @{CHAMPION}; nothing to roll back")

@@ -226,3 +226,38 @@ def test_unreachable_server_is_a_tracking_error(monkeypatch):
     reg = Registry("http://127.0.0.1:9")
     with pytest.raises(TrackingError, match="127.0.0.1:9.*unreachable"):
         reg.aliases("rgops-cae")
+
+
+def test_cli_approve_models_and_rollback(store):
+    from typer.testing import CliRunner
+
+    from rgops.cli import app
+
+    reg, run_id, uri = store
+    runner = CliRunner()
+    opts = ["--tracking-uri", reg.tracking_uri]
+    for r2 in (0.30, 0.31):
+        info = _register(reg, run_id, uri, r2=r2)
+        champ = reg.aliases("rgops-cae").get(CHAMPION)
+        report = evaluate_gates("cae", info.metrics, CFG, champion={"cae.cv_r2.mean": 0.30} if champ else None,
+                                champion_version=champ, validation="passed", validated_digest=DIGEST,
+                                data_digest=DIGEST)
+        reg.record_gates("rgops-cae", info.version, report)
+        res = runner.invoke(app, ["promote", "--approve", info.version, "--name", "rgops-cae", "--reviewer", "erin",
+                                  "--comment", "ok", *opts])
+        assert res.exit_code == 0, res.output
+        assert f"-> {info.version}" in res.output
+    assert reg.version("rgops-cae", 2).tags["approved_by"] == "erin"
+
+    res = runner.invoke(app, ["promote", "--approve", "1", "--name", "rgops-cae", *opts])
+    assert res.exit_code == 1 and "gated against champion none, but the champion is now 2" in res.output
+
+    res = runner.invoke(app, ["models", "rgops-cae", "--history", *opts])
+    assert res.exit_code == 0, res.output
+    assert "champion" in res.output and "approved" in res.output and "erin" in res.output
+
+    res = runner.invoke(app, ["rollback", "rgops-cae", "--by", "frank", "--reason", "regression", *opts])
+    assert res.exit_code == 0, res.output
+    assert "2 -> 1" in res.output and reg.aliases("rgops-cae")[CHAMPION] == "1"
+    res = runner.invoke(app, ["rollback", "rgops-foo", *opts])
+    assert res.exit_code == 1 and "rgops-foo" in res.output
