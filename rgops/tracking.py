@@ -1,0 +1,394 @@
+"""MLflow at the edge: where runs go, the tracker training reports to, and logged models.
+
+With this module and ``rgops/registry.py`` the only importers of mlflow, training stays
+framework-free: it takes a :class:`~rgops.training.common.Tracker`, and :class:`MlflowTracker` is
+the adapter. Nothing happens at import time; the tracking URI is set when a tracker starts.
+
+Models are logged with ``mlflow.pytorch.log_model(serialization_format="pickle")`` (torch.export
+cannot take the two-input models) with extra files beside them: ``config.json``, ``gene_panel.json``,
+``metadata.json`` (the model card) and ``state_dict.pt``. The SHA-256 of every one of these and of
+the pickle itself is recorded as run tags; :func:`load_logged_model` checks them *before*
+unpickling, because unpickling runs code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import yaml
+
+from rgops.config import from_dict, to_dict
+from rgops.data.datasets import Datasets, GenePanel
+from rgops.errors import IntegrityError, RegistryError, TrackingError
+from rgops.models.cae import CAEConfig
+from rgops.models.gan import GANConfig
+
+log = logging.getLogger(__name__)
+
+URI_ENVS = ("RGOPS_TRACKING_URI", "MLFLOW_TRACKING_URI")
+DEFAULT_EXPERIMENT = "rgops"
+HU_WINDOW = (-1000.0, 500.0)
+MODEL_NAME = "model"
+TAG_WEIGHTS = "rgops.weights_sha256"  # SHA-256 of the pickled module (data/model.pth)
+TAG_FILES = "rgops.files_sha256"  # JSON {relative path: SHA-256} of every file we check
+CHECKED_FILES = ("data/model.pth", "extra_files/config.json", "extra_files/gene_panel.json",
+                 "extra_files/metadata.json", "extra_files/state_dict.pt")
+_CONFIGS = {"cae": CAEConfig, "gan": GANConfig}
+
+
+def resolve_tracking_uri() -> str:
+    """``RGOPS_TRACKING_URI``, then ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
+    for env in URI_ENVS:
+        if os.environ.get(env):
+            return os.environ[env]
+    return f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
+
+
+def default_artifact_location(uri: str) -> str | None:
+    """``file://<cwd>/mlartifacts`` for a local SQLite store (so runs from other folders do not
+    scatter ``./mlruns``); None for a server, which decides where artifacts live."""
+    if uri.startswith("sqlite:"):
+        return (Path.cwd() / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    """The checked-out commit, with ``-dirty`` when tracked files changed; ``unknown`` outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def dvc_hash(path: str | Path) -> str:
+    """The DVC hash of a folder: from ``dvc.lock`` (a stage output) or ``<path>.dvc``; ``untracked``."""
+    target = Path(path).resolve()
+    for folder in [target.parent, *target.parents]:
+        lock = folder / "dvc.lock"
+        if lock.is_file():
+            try:
+                stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+            except yaml.YAMLError:
+                break
+            for stage in stages.values():
+                for out in stage.get("outs", []):
+                    if (folder / out.get("path", "")).resolve() == target:
+                        return str(out.get("md5") or out.get("hash") or "untracked")
+            break
+    dvc_file = target.with_name(target.name + ".dvc")
+    if dvc_file.is_file():
+        outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [])
+        if outs:
+            return str(outs[0].get("md5") or "untracked")
+    return "untracked"
+
+
+class MlflowTracker:
+    """A :class:`~rgops.training.common.Tracker` writing to one MLflow run.
+
+    Use as a context manager: entering starts (or, with ``run_id``, reopens) the run; leaving ends
+    it as FINISHED, or FAILED when an exception escapes.
+
+    Args:
+        experiment: experiment name (created with the default artifact location when missing).
+        run_name: display name of the run.
+        tracking_uri: defaults to :func:`resolve_tracking_uri`.
+        run_id: continue an existing run (``--resume``).
+    """
+
+    def __init__(self, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
+                 tracking_uri: str | None = None, run_id: str | None = None) -> None:
+        self.experiment = experiment
+        self.run_name = run_name
+        self.tracking_uri = tracking_uri or resolve_tracking_uri()
+        self.run_id = run_id
+        self._active = False
+
+    def __enter__(self) -> "MlflowTracker":
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        try:
+            if self.run_id is None:
+                exp = mlflow.get_experiment_by_name(self.experiment)
+                exp_id = exp.experiment_id if exp is not None else mlflow.create_experiment(
+                    self.experiment, artifact_location=default_artifact_location(self.tracking_uri))
+                run = mlflow.start_run(experiment_id=exp_id, run_name=self.run_name)
+            else:
+                run = mlflow.start_run(run_id=self.run_id)
+        except mlflow.exceptions.MlflowException as exc:
+            raise TrackingError(f"MLflow at {self.tracking_uri!r} refused to start a run: {exc}; check the "
+                                "server and RGOPS_TRACKING_URI/MLFLOW_TRACKING_URI") from None
+        except OSError as exc:
+            raise TrackingError(f"MLflow at {self.tracking_uri!r} is unreachable ({exc}); start the server or "
+                                "unset RGOPS_TRACKING_URI/MLFLOW_TRACKING_URI for the local store") from None
+        self.run_id = run.info.run_id
+        self._active = True
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        import mlflow
+
+        if self._active:
+            mlflow.end_run(status="FINISHED" if exc_type is None else "FAILED")
+            self._active = False
+
+    def _require(self) -> None:
+        if not self._active:
+            raise TrackingError("MlflowTracker used outside `with MlflowTracker(...) as tracker:`")
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        import mlflow
+
+        self._require()
+        mlflow.log_params({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in params.items()})
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        import mlflow
+
+        self._require()
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_image(self, image: np.ndarray, artifact_file: str) -> None:
+        import mlflow
+
+        self._require()
+        mlflow.log_image(image, artifact_file=artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        import mlflow
+
+        self._require()
+        mlflow.log_figure(figure, artifact_file)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        import mlflow
+
+        self._require()
+        mlflow.log_artifact(str(path), artifact_path)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        import mlflow
+
+        self._require()
+        mlflow.set_tags(dict(tags))
+
+    def log_dataset(self, datasets: Datasets, context: str = "training") -> str:
+        """Record the datasets folder as the run's input (``mlflow.log_input``) with its digest, and
+        tag its DVC hash; returns the digest. Only the folder path and hashes are recorded, no rows."""
+        import mlflow
+        from mlflow.data.dataset_source_registry import get_registered_sources
+        from mlflow.data.meta_dataset import MetaDataset
+
+        self._require()
+        digest = datasets.digest()
+        root = str(datasets.root.resolve()) if datasets.root is not None else "memory"
+        local = next(s for s in get_registered_sources() if s._get_source_type() == "local")
+        source = local(root if datasets.root is not None else "memory://in-process-arrays")
+        ds = MetaDataset(source=source, name=Path(root).name or "datasets", digest=digest[:36])
+        mlflow.log_input(ds, context=context)
+        self.set_tags({"rgops.dataset_digest": digest, "rgops.dataset_path": root,
+                       "rgops.dvc_hash": dvc_hash(root) if datasets.root is not None else "untracked",
+                       "rgops.n_patches": str(len(datasets)), "rgops.patch_size": str(datasets.size)})
+        return digest
+
+
+@dataclass
+class LoadedModel:
+    """A logged model, checked and rebuilt.
+
+    Attributes:
+        kind: ``"cae"`` or ``"gan"``.
+        module: the nn.Module (ConditionalAE or Generator) in eval mode on CPU.
+        config: its CAEConfig or GANConfig.
+        panel: the gene panel (order and normalisation statistics) it expects.
+        card: the model card (metadata.json).
+        weights_sha256: SHA-256 of the pickled module that was loaded.
+        run_id: the MLflow run that produced it.
+    """
+
+    kind: Literal["cae", "gan"]
+    module: torch.nn.Module
+    config: CAEConfig | GANConfig
+    panel: GenePanel
+    card: dict[str, Any]
+    weights_sha256: str
+    run_id: str
+
+
+def model_card(kind: str, config: CAEConfig | GANConfig, panel: GenePanel, datasets: Datasets | None,
+               metrics: Mapping[str, float], dataset_digest: str, dvc: str, commit: str) -> dict[str, Any]:
+    """The model card written as ``metadata.json``."""
+    s, g = config.image_size, config.n_genes
+    if kind == "cae":
+        inputs = {"image": [-1, 1, s, s], "genes": [-1, g]}
+        outputs = {"reconstruction": [-1, 1, s, s], "encode(image, genes)": [-1, config.latent_dim]}  # type: ignore[union-attr]
+        use = ("Research use: extract an imaging biomarker (encode) from a lung tumour CT patch for "
+               "radiogenomic analysis. Not for diagnosis.")
+    else:
+        inputs = {"z": [-1, config.z_dim], "genes": [-1, g]}  # type: ignore[union-attr]
+        outputs = {"image": [-1, 1, s, s]}
+        use = ("Research use: generate synthetic tumour CT patches that illustrate a gene-expression profile. "
+               "Outputs are synthetic and must be labelled as such; not for diagnosis.")
+    return {
+        "format": "rgops-model-card/1", "kind": kind, "intended_use": use,
+        "inputs": inputs, "outputs": outputs,
+        "patch": {"size": s, "hu_window": list(HU_WINDOW), "scaling": "HU clipped to the window, scaled to [-1, 1]",
+                  "crop": "2 x max(bbox height, width) around the tumour on its largest slice"},
+        "genes": {"order": list(panel.genes), "transform": panel.transform, "n_train": panel.n_train},
+        "training_data": {"digest": dataset_digest, "dvc_hash": dvc,
+                          "n_patches": len(datasets) if datasets is not None else None},
+        "git_commit": commit, "metrics": {k: float(v) for k, v in metrics.items()},
+        "config": to_dict(config),
+    }
+
+
+def log_model(module: torch.nn.Module, kind: Literal["cae", "gan"], config: CAEConfig | GANConfig,
+              panel: GenePanel, card: Mapping[str, Any], name: str = MODEL_NAME) -> str:
+    """Log ``module`` to the active run and record the SHA-256 of its files as run tags.
+
+    Returns the logged model's URI (``models:/m-...``).
+    """
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    run = mlflow.active_run()
+    if run is None:
+        raise TrackingError("log_model needs an active MLflow run; call it inside `with MlflowTracker(...)`")
+    module = module.to("cpu").eval()
+    s, g = config.image_size, config.n_genes
+    first = ("image", (-1, 1, s, s)) if kind == "cae" else ("z", (-1, config.z_dim))  # type: ignore[union-attr]
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), first[1], first[0]), TensorSpec(np.dtype(np.float32), (-1, g), "genes")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, s, s), "image")]),
+    )
+    example = {first[0]: np.zeros((1, *first[1][1:]), dtype=np.float32), "genes": np.zeros((1, g), dtype=np.float32)}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"config.json": json.dumps({"kind": kind, **to_dict(config)}, indent=2),
+                 "gene_panel.json": json.dumps(panel.to_json()),
+                 "metadata.json": json.dumps(dict(card), indent=2)}
+        paths = []
+        for fname, text in files.items():
+            (Path(tmp) / fname).write_text(text)
+            paths.append(str(Path(tmp) / fname))
+        torch.save(module.state_dict(), Path(tmp) / "state_dict.pt")
+        paths.append(str(Path(tmp) / "state_dict.pt"))
+        # The pytorch flavor's pyfunc takes one array, so MLflow's check of a two-input example
+        # always fails and logs a misleading warning; the example is still saved with the model,
+        # and rgops loads models through load_logged_model, not pyfunc.
+        quiet = logging.getLogger("mlflow.models.model")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            info = mlflow.pytorch.log_model(module, name=name, serialization_format="pickle", signature=signature,
+                                            input_example=example, extra_files=paths,
+                                            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        finally:
+            quiet.setLevel(level)
+    digests = _digests(mlflow.artifacts.download_artifacts(info.model_uri))
+    mlflow.set_tags({TAG_WEIGHTS: digests["data/model.pth"], TAG_FILES: json.dumps(digests),
+                     "rgops.model_kind": kind, "rgops.model_uri": info.model_uri})
+    log.info("logged %s model %s (weights sha256 %s)", kind, info.model_uri, digests["data/model.pth"][:12])
+    return info.model_uri
+
+
+def _digests(local_dir: str | Path) -> dict[str, str]:
+    root = Path(local_dir)
+    missing = [f for f in CHECKED_FILES if not (root / f).is_file()]
+    if missing:
+        raise IntegrityError(f"logged model at {str(root)!r} lacks {missing}; it was not logged by rgops.tracking.log_model")
+    return {f: sha256_file(root / f) for f in CHECKED_FILES}
+
+
+def _run_id_of(model_uri: str) -> str:
+    """The run that logged ``model_uri``, asked of the tracking store (not of the artifact files)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    try:
+        if model_uri.startswith("runs:/"):
+            return model_uri[len("runs:/"):].split("/", 1)[0]
+        if model_uri.startswith("models:/"):
+            ref = model_uri[len("models:/"):]
+            if ref.startswith("m-"):
+                return client.get_logged_model(ref.split("/", 1)[0]).source_run_id
+            name, _, rest = ref.partition("@")
+            if rest:
+                mv = client.get_model_version_by_alias(name, rest)
+            else:
+                name, _, version = ref.partition("/")
+                mv = client.get_model_version(name, version)
+            return mv.run_id
+    except mlflow.exceptions.MlflowException as exc:
+        raise RegistryError(f"model {model_uri!r} not found in {mlflow.get_tracking_uri()!r}: {exc}") from None
+    raise RegistryError(f"model URI {model_uri!r} is not runs:/..., models:/m-..., models:/NAME/VERSION or "
+                        "models:/NAME@ALIAS")
+
+
+def load_logged_model(model_uri: str) -> LoadedModel:
+    """Download a model logged by :func:`log_model`, verify its SHA-256 digests against the run's
+    tags, then load it through ``mlflow.pytorch.load_model``.
+
+    Raises:
+        IntegrityError: a file's digest differs from the one recorded at logging time (checked
+            before anything is unpickled).
+        RegistryError: the model URI does not resolve.
+    """
+    import mlflow
+    import mlflow.pytorch
+    from mlflow import MlflowClient
+
+    run_id = _run_id_of(model_uri)
+    tags = MlflowClient().get_run(run_id).data.tags
+    if TAG_FILES not in tags:
+        raise IntegrityError(f"run {run_id} has no {TAG_FILES} tag: model {model_uri!r} was not logged by rgops; "
+                             "refusing to unpickle it")
+    expected = json.loads(tags[TAG_FILES])
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(model_uri, dst_path=tmp)
+        except mlflow.exceptions.MlflowException as exc:
+            raise RegistryError(f"cannot download model {model_uri!r}: {exc}") from None
+        actual = _digests(local)
+        bad = sorted(f for f in CHECKED_FILES if actual[f] != expected.get(f))
+        if bad:
+            raise IntegrityError(
+                f"model {model_uri!r}: SHA-256 of {bad} differs from run {run_id}'s record "
+                f"(e.g. {bad[0]}: recorded {str(expected.get(bad[0]))[:16]}..., found {actual[bad[0]][:16]}...); "
+                "the artifact was altered: do not load it, re-log the model from its run"
+            )
+        extra = Path(local) / "extra_files"
+        cfg = json.loads((extra / "config.json").read_text())
+        kind = cfg.pop("kind")
+        config = from_dict(_CONFIGS[kind], cfg, "config.json")
+        panel = GenePanel.read(extra / "gene_panel.json")
+        card = json.loads((extra / "metadata.json").read_text())
+        module = mlflow.pytorch.load_model(local, map_location="cpu")
+    module.eval()
+    return LoadedModel(kind, module, config, panel, card, actual["data/model.pth"], run_id)

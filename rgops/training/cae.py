@@ -1,0 +1,233 @@
+"""Training the conditional autoencoder: one step function, one loop, one evaluation."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rgops.config import to_dict
+from rgops.data.datasets import Datasets
+from rgops.errors import ConfigError, TrainingError
+from rgops.models.cae import CAEConfig, ConditionalAE
+from rgops.training.common import (
+    CAETrainConfig,
+    ProgressFn,
+    SplitData,
+    Tracker,
+    TrainResult,
+    all_reduce_mean,
+    augment,
+    autocast,
+    dist_rank_world,
+    epoch_batches,
+    image_grid,
+    load_checkpoint,
+    log_loss_curves,
+    make_adamw,
+    maybe_compile,
+    prepare_module,
+    resolve_device,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    setup_device,
+    stage_split,
+    step_generator,
+    unwrap,
+    wrap_ddp,
+)
+
+log = logging.getLogger(__name__)
+
+LOSS_KEYS = ("loss", "recon_mse", "aux_mse")
+
+
+def cae_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, g: torch.Tensor,
+             aux_weight: float, device: torch.device) -> torch.Tensor:
+    """One optimisation step on a batch ``x (B, 1, S, S)``, ``g (B, G)``.
+
+    Returns the detached losses ``[loss, recon_mse, aux_mse]`` (aux 0 without the head) as one
+    tensor, so the loop never waits for the GPU to report a number.
+    """
+    with autocast(device):
+        recon, _, gene_pred = model(x, g, return_latent=True)
+        recon_mse = F.mse_loss(recon.float(), x.float())
+        aux = F.mse_loss(gene_pred.float(), g) if gene_pred is not None else torch.zeros((), device=x.device)
+        loss = recon_mse + aux_weight * aux
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return torch.stack([loss, recon_mse, aux]).detach()
+
+
+@torch.no_grad()
+def evaluate_cae(model: nn.Module, data: SplitData, device: torch.device, batch_size: int) -> dict[str, float]:
+    """Mean reconstruction MSE (and aux gene MSE) over a split, without augmentation."""
+    model.eval()
+    sums, n = torch.zeros(2, device=device), 0
+    for idx in torch.arange(len(data)).split(batch_size):
+        x, g = data.batch(idx, device)
+        with autocast(device):
+            recon, _, gene_pred = model(x, g, return_latent=True)
+        sums[0] += F.mse_loss(recon.float(), x.float(), reduction="sum") / x[0].numel()
+        if gene_pred is not None:
+            sums[1] += F.mse_loss(gene_pred.float(), g, reduction="sum") / g.shape[1]
+        n += len(x)
+    model.train()
+    out = {"recon_mse": float(sums[0] / max(n, 1))}
+    if unwrap(model).aux_head is not None:  # type: ignore[union-attr]
+        out["aux_mse"] = float(sums[1] / max(n, 1))
+    return out
+
+
+def check_fits(image_size: int, n_genes: int, datasets: Datasets, what: str) -> None:
+    """A model config must match the data it trains on."""
+    if image_size != datasets.size or n_genes != len(datasets.panel):
+        raise ConfigError(
+            f"{what} config is for {image_size}x{image_size} patches and {n_genes} genes but the datasets hold "
+            f"{datasets.size}x{datasets.size} patches and {len(datasets.panel)} genes; build the config with "
+            "rgops.training.presets.model_config(kind, datasets, ...)"
+        )
+
+
+def flat_params(prefix: str, mapping: dict[str, Any]) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"prefix.a.b": 1}``, for tracker params."""
+    out: dict[str, Any] = {}
+    for k, v in mapping.items():
+        if isinstance(v, dict):
+            out.update(flat_params(f"{prefix}.{k}", v))
+        else:
+            out[f"{prefix}.{k}"] = v
+    return out
+
+
+def system_tags(device: torch.device, world: int) -> dict[str, str]:
+    """Device, torch version and world size, as tracker tags."""
+    tags = {"rgops.device": str(device), "rgops.torch_version": torch.__version__, "rgops.world_size": str(world)}
+    if device.type == "cuda":
+        tags["rgops.cuda_device_name"] = torch.cuda.get_device_name(device)
+        tags["rgops.cuda_version"] = str(torch.version.cuda)
+    else:
+        tags["rgops.cpu_threads"] = str(torch.get_num_threads())
+    return tags
+
+
+def train_cae(datasets: Datasets, config: CAEConfig, train_cfg: CAETrainConfig, tracker: Tracker | None = None,
+              device: str | torch.device | None = None, checkpoint_dir: str | Path | None = None,
+              resume: bool = False, progress: ProgressFn | None = None) -> TrainResult:
+    """Train a :class:`ConditionalAE` on the train split; report val metrics each epoch.
+
+    Args:
+        datasets: the loaded datasets; only ``train`` rows are trained on, ``val`` rows evaluated.
+        config: the model config (its image size and gene count must match ``datasets``).
+        train_cfg: the training preset.
+        tracker: receives params, per-epoch metrics, reconstruction grids and loss curves
+            (rank 0 only under DDP).
+        device: ``auto`` (default), ``cpu``, ``cuda`` or a torch.device.
+        checkpoint_dir: where ``last.pt`` is written every ``checkpoint_every`` steps and each epoch.
+        resume: continue from ``checkpoint_dir/last.pt``.
+        progress: ``progress(steps_done, steps_total)`` after each step.
+
+    Raises:
+        ConfigError: the config does not fit the data, or the device does not exist.
+        TrainingError: no training rows, a bad checkpoint, or a non-finite loss.
+    """
+    check_fits(config.image_size, config.n_genes, datasets, "CAE")
+    dev = resolve_device(device)
+    rank, world = dist_rank_world()
+    setup_device(dev, train_cfg.seed)
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if resume and ckpt_dir is None:
+        raise ConfigError("resume asked for without a checkpoint directory; pass --checkpoint-dir DIR")
+
+    model = prepare_module(ConditionalAE(config), dev)
+    opt = make_adamw(model.parameters(), dev, train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    model_cfg_d, train_cfg_d, digest = to_dict(config), to_dict(train_cfg), datasets.digest()
+    history: list[dict[str, float]] = []
+    start_epoch, start_batch, step = 0, 0, 0
+    sums, seen = torch.zeros(len(LOSS_KEYS), device=dev), 0
+    if resume:
+        state = load_checkpoint(ckpt_dir, "cae", model_cfg_d, train_cfg_d, digest)  # type: ignore[arg-type]
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
+        sums, seen, history = state["sums"].to(dev), state["seen"], list(state["history"])
+        set_rng_state(state["rng"])
+        log.info("resumed CAE training at epoch %d, step %d", start_epoch, step)
+
+    train = stage_split(datasets.patches, datasets.genes, datasets.indices("train"), dev)
+    val = stage_split(datasets.patches, datasets.genes, datasets.indices("val"), dev)
+    if len(train) == 0:
+        raise TrainingError("the datasets have no train rows; re-run `rgops ingest` with a larger cohort")
+    shown = val if len(val) else train
+    grid_x, grid_g = shown.batch(torch.arange(min(train_cfg.grid_size, len(shown))), dev)
+    run_model = maybe_compile(wrap_ddp(model, dev), train_cfg.compile, dev)
+    log_to = tracker if rank == 0 else None
+    if log_to is not None:
+        log_to.log_params({**flat_params("model", model_cfg_d), **flat_params("train", train_cfg_d),
+                           "kind": "cae", "n_train": len(train), "n_val": len(val)})
+        log_to.set_tags(system_tags(dev, world))
+
+    n_batches = len(epoch_batches(len(train), train_cfg.batch_size, 0, train_cfg.seed, rank, world))
+    total = n_batches * train_cfg.epochs
+    last_ckpt: Path | None = None
+
+    def checkpoint(epoch: int, batch: int) -> Path | None:
+        if ckpt_dir is None or rank != 0:
+            return None
+        return save_checkpoint(ckpt_dir, {
+            "kind": "cae", "model_config": model_cfg_d, "train_config": train_cfg_d, "dataset_digest": digest,
+            "model": unwrap(model).state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "batch": batch,
+            "step": step, "sums": sums.cpu(), "seen": seen, "history": history, "rng": rng_state(),
+        })
+
+    model.train()
+    for epoch in range(start_epoch, train_cfg.epochs):
+        batches = epoch_batches(len(train), train_cfg.batch_size, epoch, train_cfg.seed, rank, world)
+        t0, first = time.perf_counter(), (start_batch if epoch == start_epoch else 0)
+        for b in range(first, len(batches)):
+            x, g = train.batch(batches[b], dev)
+            x = augment(x, train_cfg.augment, step_generator(train_cfg.seed, rank, step, dev))
+            sums += cae_step(run_model, opt, x, g, train_cfg.aux_weight, dev) * len(x)
+            seen += len(x)
+            step += 1
+            if progress is not None:
+                progress(step, total)
+            if train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0 and b + 1 < len(batches):
+                last_ckpt = checkpoint(epoch, b + 1) or last_ckpt
+        seconds = time.perf_counter() - t0
+        means = all_reduce_mean(sums / max(seen, 1)).tolist()
+        if not all(torch.isfinite(torch.tensor(means))):
+            raise TrainingError(f"CAE loss became non-finite in epoch {epoch + 1} ({means}); lower the learning rate")
+        record = {"epoch": float(epoch + 1), **{f"train_{k}": v for k, v in zip(LOSS_KEYS, means)}}
+        if config.aux_gene_head is False:
+            record.pop("train_aux_mse")
+        if len(val):
+            record.update({f"val_{k}": v for k, v in evaluate_cae(run_model, val, dev, train_cfg.batch_size).items()})
+        record.update({"epoch_seconds": seconds, "images_per_second": seen * world / max(seconds, 1e-9)})
+        history.append(record)
+        sums, seen = torch.zeros(len(LOSS_KEYS), device=dev), 0
+        last_ckpt = checkpoint(epoch + 1, 0) or last_ckpt
+        if log_to is not None:
+            log_to.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+            with torch.no_grad():
+                model.eval()
+                with autocast(dev):
+                    recon = unwrap(model)(grid_x, grid_g)
+                model.train()
+            grid = image_grid(torch.cat([grid_x.float(), recon.float()]), nrow=len(grid_x))
+            log_to.log_image(grid, f"reconstructions/epoch_{epoch + 1:03d}.png")
+        log.info("CAE epoch %d/%d: %s", epoch + 1, train_cfg.epochs,
+                 ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
+
+    if log_to is not None and history:
+        log_loss_curves(log_to, history, "CAE")
+    final = unwrap(model).to("cpu", memory_format=torch.contiguous_format).eval()
+    return TrainResult("cae", final, config, train_cfg, history, dict(history[-1]) if history else {},
+                       step, None, last_ckpt)

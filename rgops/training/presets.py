@@ -1,0 +1,62 @@
+"""Reading the ``train:`` section of params.yaml into model and training configs.
+
+Layout::
+
+    train:
+      cae:
+        model: {latent_dim: 32, conditioning: decoder, ...}    # CAEConfig fields but image_size, n_genes
+        presets:
+          tiny: {epochs: 2, batch_size: 16, lr: 0.002, ..., model: {widths: [8, 16]}}  # optional overrides
+          demo: {...}
+          full: {...}
+      gan: (the same, with GANConfig and GANTrainConfig fields)
+
+``image_size`` and ``n_genes`` come from the datasets, never from params.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from rgops.config import from_dict, section
+from rgops.data.datasets import Datasets
+from rgops.errors import ConfigError
+from rgops.models.cae import CAEConfig
+from rgops.models.gan import GANConfig
+from rgops.training.common import CAETrainConfig, GANTrainConfig
+
+Kind = Literal["cae", "gan"]
+PRESETS = ("tiny", "demo", "full")
+_MODEL = {"cae": CAEConfig, "gan": GANConfig}
+_TRAIN = {"cae": CAETrainConfig, "gan": GANTrainConfig}
+_FROM_DATA = ("image_size", "n_genes")
+
+
+def load_preset(params: dict[str, Any], kind: Kind, preset: str) -> tuple[dict[str, Any], CAETrainConfig | GANTrainConfig]:
+    """``(model fields from params, training config)`` of ``train.<kind>.presets.<preset>``.
+
+    Raises:
+        ConfigError: unknown kind or preset, unknown keys, wrong types, or ``image_size``/``n_genes``
+            set in params (they come from the data).
+    """
+    if kind not in _MODEL:
+        raise ConfigError(f"unknown model kind {kind!r}; expected one of {sorted(_MODEL)}")
+    base = section(params, f"train.{kind}")
+    presets = base.get("presets") or {}
+    if preset not in presets:
+        raise ConfigError(f"params has no preset train.{kind}.presets.{preset}; available: {sorted(presets)}")
+    model = dict(base.get("model") or {})
+    chosen = dict(presets[preset])
+    model.update(chosen.pop("model", None) or {})
+    fixed = sorted(set(model) & set(_FROM_DATA))
+    if fixed:
+        raise ConfigError(f"train.{kind}.model sets {fixed}; these come from the datasets, remove them from params")
+    # Build once now so that a typo fails before any data is loaded.
+    from_dict(_MODEL[kind], {**model, "image_size": 64, "n_genes": 1}, f"train.{kind}.model")
+    return model, from_dict(_TRAIN[kind], chosen, f"train.{kind}.presets.{preset}")
+
+
+def model_config(kind: Kind, datasets: Datasets, fields: dict[str, Any]) -> CAEConfig | GANConfig:
+    """The model config for ``datasets``: ``fields`` plus the data's patch size and gene count."""
+    return from_dict(_MODEL[kind], {**fields, "image_size": datasets.size, "n_genes": len(datasets.panel)},
+                     f"train.{kind}.model")
