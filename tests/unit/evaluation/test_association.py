@@ -196,3 +196,27 @@ def test_pca_reduce_equal_dimensionality():
     tr, other = A.pca_reduce(a, 4, a[:5])
     assert tr.shape == (30, 4) and other.shape == (5, 4)
     np.testing.assert_allclose(other, tr[:5])
+
+
+def test_module_enrichment_allows_for_correlated_module_genes():
+    # A decoy module whose genes share a strong common factor, and an image feature independent of
+    # it: assuming independent genes calls it enriched far more often than 5 %; camera's VIF does not.
+    rng = np.random.default_rng(9)
+    genes = [f"G{i}" for i in range(80)]
+    modules = {"decoy": genes[:10]}
+    naive, camera = 0, 0
+    reps = 40
+    for _ in range(reps):
+        expr = rng.standard_normal((50, 80))
+        expr[:, :10] += 2.0 * rng.standard_normal((50, 1))
+        high = rng.standard_normal(50) > 0
+        t, _, _ = A.moderated_t(expr, high)
+        resid = expr.copy()
+        resid[high] -= expr[high].mean(axis=0)
+        resid[~high] -= expr[~high].mean(axis=0)
+        naive += A.module_enrichment(t, genes, modules)["decoy"]["p"] < 0.05
+        res = A.module_enrichment(t, genes, modules, resid)["decoy"]
+        camera += res["p"] < 0.05
+        assert res["vif"] > 3
+    assert naive / reps > 0.25
+    assert camera / reps < 0.15
