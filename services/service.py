@@ -1,0 +1,210 @@
+"""The rgops BentoML service: feature extraction and image generation for hospital systems.
+
+A thin typed shell over :mod:`rgops.serving`: each API decodes its inputs, calls one rgops
+function and shapes the response; errors are mapped to HTTP status in ``services/errors.py``;
+authentication, body limits and request ids live in ``services/security.py``.
+
+Routes (all POST unless noted; all but the probes need ``Authorization: Bearer KEY``):
+
+* ``/extract``: multipart upload of a CT series and its SEG (files or a zip), or one CT slice
+  and a tumour ``box``; returns the imaging biomarker (latent), program scores and the model.
+* ``/extract_patches``: ready patches as JSON, adaptively batched across concurrent requests.
+* ``/generate``: a gene profile (JSON map or genes.tsv text) -> PNG images (base64), DICOM
+  Secondary Capture objects on request, and a gene-traversal strip on request.
+* ``/metadata`` (GET or POST): model cards, gene panel, patch contract of both models.
+* ``/admin/reload``: load the versions the aliases now point at (also polled).
+* ``/healthz``, ``/livez``, ``/readyz``, ``/metrics``: open probes.
+
+Serve with ``bentoml serve services.service:RgopsService`` (or ``rgops serve``). Configuration:
+``MLFLOW_TRACKING_URI`` (the registry), ``RGOPS_API_KEYS`` or ``RGOPS_API_KEYS_FILE``,
+``RGOPS_PARAMS`` (default ``params.yaml`` when present; its ``serve:`` section).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import threading
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+from pydantic import BaseModel, Field, field_validator
+
+from rgops import serving
+from rgops.config import load_params
+from services.errors import maps_errors
+from services.security import RgopsGate, current_request_id
+
+log = logging.getLogger("rgops.services")
+
+
+def _config() -> serving.ServeConfig:
+    path = os.environ.get("RGOPS_PARAMS", "params.yaml")
+    params = load_params(path) if Path(path).is_file() else None
+    return serving.ServeConfig.from_params(params)
+
+
+CONFIG = _config()
+
+
+class PatchIn(BaseModel):
+    """One ready patch: ``pixels`` is S x S floats in [-1, 1] (HU [-1000, 500] scaled, as ingest makes)."""
+
+    pixels: list[list[float]] = Field(description="S x S values in [-1, 1]")
+    profile: dict[str, float | None] | None = Field(
+        default=None, description="raw gene profile; needed only by an encoder-conditioned CAE")
+
+    @field_validator("pixels")
+    @classmethod
+    def _square(cls, v: list[list[float]]) -> list[list[float]]:
+        if not v or any(len(row) != len(v) for row in v):
+            raise ValueError(f"pixels must be a square S x S array, got {len(v)} rows of lengths "
+                             f"{sorted({len(r) for r in v})[:3]}")
+        return v
+
+
+class PatchOut(BaseModel):
+    """Features of one patch, or why there are none (``error``)."""
+
+    latent: list[float] | None
+    program_scores: dict[str, float] | None
+    program_scores_reason: str | None
+    model: dict[str, Any]
+    error: str | None = None
+
+
+@bentoml.service(
+    name="rgops",
+    workers=1,
+    traffic={"timeout": 120, "max_concurrency": 256},
+    http={"cors": {"enabled": False}},
+)
+class RgopsService:
+    """Feature extraction (CAE @alias) and image generation (GAN generator @alias)."""
+
+    def __init__(self) -> None:
+        self.config = CONFIG
+        serving.load_api_keys()  # refuse to start without authentication configured
+        resolve, load = serving.registry_source()
+        self.cae = serving.ModelSlot(serving.CAE_MODEL, self.config.alias, resolve, load)
+        self.gan = serving.ModelSlot(serving.GAN_MODEL, self.config.alias, resolve, load)
+        self._reload_all()
+        self._stop = threading.Event()
+        if self.config.reload_poll_s > 0:
+            threading.Thread(target=self._poll, name="rgops-alias-poll", daemon=True).start()
+
+    def _reload_all(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for slot in (self.cae, self.gan):
+            try:
+                changed = slot.refresh()
+                out[slot.name] = {"version": slot.current.version, "changed": changed}
+            except serving.RgopsError as exc:  # keep serving the loaded version
+                slot.last_error = str(exc)
+                log.warning("%s@%s not (re)loaded: %s", slot.name, slot.alias, exc)
+                out[slot.name] = {"version": slot.current.version if slot.ready else None,
+                                  "changed": False, "error": str(exc)}
+        return out
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.config.reload_poll_s):
+            self._reload_all()
+
+    def __is_ready__(self) -> bool:
+        return self.cae.ready and self.gan.ready
+
+    # -- feature extraction ------------------------------------------------------------------
+
+    @bentoml.api(route="/extract")
+    @maps_errors
+    def extract(
+        self,
+        files: list[Path] = Field(description="CT slices and SEG as DICOM files, or zips of them"),
+        box: list[int] | None = Field(default=None, description="tumour box r0,c0,r1,c1 on a single CT slice"),
+        profile: dict[str, float | None] | None = Field(
+            default=None, description="raw gene profile; only for an encoder-conditioned CAE"),
+        impute: bool = False,
+    ) -> dict[str, Any]:
+        """A DICOM CT series with its SEG (or one CT slice and a box) -> the imaging biomarker."""
+        model = self.cae.current
+        blobs = [(p.name, p.read_bytes()) for p in files]
+        datasets = serving.read_dicom_upload(blobs, self.config.max_files)
+        window = (model.card.get("patch") or {}).get("hu_window") or (-1000.0, 500.0)
+        patch, provenance = serving.patch_from_dicom(datasets, model.image_size, box=box, hu_window=window)
+        genes = None
+        if profile is not None:
+            genes = serving.normalise_profile(model.panel, profile, impute).genes
+        feats = serving.encode(model, patch[None], genes)
+        return {"request_id": current_request_id(), "model": model.describe(), **feats.row(0),
+                "patch": provenance}
+
+    @bentoml.api(route="/extract_patches", batchable=True, max_batch_size=CONFIG.max_batch_size,
+                 max_latency_ms=CONFIG.max_latency_ms)
+    def extract_patches(self, patches: list[PatchIn]) -> list[PatchOut]:
+        """Ready patches -> features, one result per patch (adaptive batching across requests)."""
+        return serving.encode_items(self.cae.current, [(p.pixels, p.profile) for p in patches],
+                                    PatchOut)
+
+    # -- generation --------------------------------------------------------------------------
+
+    @bentoml.api(route="/generate")
+    @maps_errors
+    def generate(
+        self,
+        profile: dict[str, float | None] | None = Field(default=None, description="gene -> raw expression"),
+        profile_tsv: str | None = Field(default=None, description="genes.tsv text: gene_symbol + sample column(s)"),
+        sample: str | None = Field(default=None, description="which sample column of profile_tsv"),
+        n_samples: int = Field(default=1, description="images to generate"),
+        seed: int = 0,
+        impute: bool = Field(default=False, description="fill missing genes with training means"),
+        dicom: bool = Field(default=False, description="also return DICOM Secondary Capture objects"),
+        traverse_genes: list[str] | None = Field(
+            default=None, description="genes of one program: also return a traversal strip over them"),
+    ) -> dict[str, Any]:
+        """A gene-expression profile -> PNG images (base64), optionally DICOM SC and a traversal strip."""
+        from rgops.errors import GeneTableError
+
+        model = self.gan.current
+        if (profile is None) == (profile_tsv is None):
+            raise GeneTableError("send exactly one of 'profile' (JSON map gene -> value) or 'profile_tsv'")
+        raw = profile if profile is not None else serving.profile_from_tsv(profile_tsv or "", sample)
+        norm = serving.normalise_profile(model.panel, raw, impute)
+        images = serving.generate(model, norm.genes, n_samples, seed, self.config.max_samples)
+        rid = current_request_id() or uuid.uuid4().hex
+        out: dict[str, Any] = {
+            "request_id": rid, "model": model.describe(), "n_samples": n_samples, "seed": seed,
+            "imputed_genes": list(norm.imputed), "imputed": bool(norm.imputed),
+            "ignored_genes": norm.ignored,
+            "png": [base64.b64encode(serving.png(img)).decode() for img in images],
+        }
+        if dicom:
+            out["dicom"] = [base64.b64encode(b).decode()
+                            for b in serving.secondary_captures(images, model, rid)]
+        if traverse_genes:
+            strip, offsets = serving.traversal(model, norm.genes, traverse_genes, self.config.traversal_steps,
+                                               self.config.traversal_span, seed)
+            out["traversal"] = {"genes": traverse_genes, "offsets": offsets,
+                                "png": base64.b64encode(serving.strip(strip)).decode()}
+        return out
+
+    # -- metadata and administration ---------------------------------------------------------
+
+    @bentoml.api(route="/metadata")
+    @maps_errors
+    def metadata(self) -> dict[str, Any]:
+        """Model cards, gene panels and patch contract of the served models."""
+        return {"request_id": current_request_id(),
+                "models": {s.name: (s.current.metadata() if s.ready else {"error": s.last_error})
+                           for s in (self.cae, self.gan)}}
+
+    @bentoml.api(route="/admin/reload")
+    @maps_errors
+    def reload(self) -> dict[str, Any]:
+        """Load the versions the aliases point at now; requests in flight finish on the old ones."""
+        return {"request_id": current_request_id(), "models": self._reload_all()}
+
+
+RgopsService.add_asgi_middleware(RgopsGate, max_body_bytes=CONFIG.max_request_bytes)

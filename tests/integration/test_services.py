@@ -1,0 +1,282 @@
+"""The BentoML service as a real `bentoml serve` process on localhost, against a real MLflow
+registry (SQLite) with a promoted @champion, called over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "test-api-key-0123456789abcdef"
+GENES = tuple(f"GENE{j}" for j in range(6))
+S = 32
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def publish_tiny_champions(tracking_uri: str, seed: int = 0) -> dict[str, str]:
+    """Log a tiny CAE and GAN generator with rgops.tracking, register them and approve @champion."""
+    import torch
+
+    from rgops.data.datasets import GenePanel
+    from rgops.models.cae import CAEConfig, ConditionalAE
+    from rgops.models.gan import GANConfig, Generator
+    from rgops.registry import Decision, PromoteConfig, Registry, evaluate_gates, kind_of
+    from rgops.tracking import MlflowTracker, log_model, model_card
+
+    torch.manual_seed(seed)
+    panel = GenePanel(GENES, np.linspace(1.0, 2.0, len(GENES)), np.full(len(GENES), 0.5), n_train=8)
+    cae_cfg = CAEConfig(image_size=S, n_genes=len(GENES), latent_dim=4, gene_embed_dim=4, gene_hidden=8,
+                        widths=(8, 8), groups=4)
+    gan_cfg = GANConfig(image_size=S, n_genes=len(GENES), z_dim=8, gene_embed_dim=8, gene_hidden=8,
+                        g_channels=8, max_channels=16, groups=4)
+    registry = Registry(tracking_uri)
+    versions = {}
+    for kind, module, cfg in (("cae", ConditionalAE(cae_cfg), cae_cfg), ("gan", Generator(gan_cfg), gan_cfg)):
+        card = model_card(kind, cfg, panel, None, {}, "d" * 64, "", "test")
+        with MlflowTracker(experiment="serve-test", tracking_uri=tracking_uri) as tracker:
+            uri = log_model(module, kind, cfg, panel, card)
+            run_id = tracker.run_id
+        info = registry.register(kind, uri, run_id, metrics={}, data_version={"data_digest": "d" * 64},
+                                 description="tiny test model", actor="ci")
+        champion = registry.aliases(info.name).get("champion")
+        report = evaluate_gates(kind_of(info.name), {}, PromoteConfig(require_validation=False),
+                                champion_version=champion)
+        registry.record_gates(info.name, info.version, report)
+        registry.decide(info.name, info.version, Decision(True, "ci", "test champion"))
+        versions[kind] = info.version
+    return versions
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """(base URL, tracking URI): one `bentoml serve` process for the module."""
+    import httpx
+
+    tmp = tmp_path_factory.mktemp("serve")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "RGOPS_TRACKING_URI": uri}
+    old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI",)}
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        versions = publish_tiny_champions(uri)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    params = tmp / "params.yaml"
+    params.write_text("serve:\n  max_request_mb: 1\n  max_samples: 4\n  reload_poll_s: 0\n  traversal_steps: 3\n")
+    env.update({"RGOPS_API_KEYS": KEY, "BENTOML_HOME": str(tmp / "bentoml"), "RGOPS_PARAMS": str(params),
+                "BENTOML_DO_NOT_TRACK": "true"})
+    port = _free_port()
+    log = open(tmp / "server.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "services.service:RgopsService",
+                             "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 150
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited: {(tmp / 'server.log').read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"server not ready: {(tmp / 'server.log').read_text()[-3000:]}")
+            time.sleep(1)
+        yield base, uri, versions, tmp / "server.log"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _client(base: str, key: str | None = KEY):
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=base, headers=headers, timeout=60)
+
+
+def _series_files() -> tuple[list[tuple[str, bytes]], list[str]]:
+    sys.path.insert(0, str(ROOT / "tests" / "unit" / "data"))
+    from rg_dicom_factory import planted_strings, seg_for, ct_slices, tumour_mask
+
+    mask = tumour_mask((6, S, S), (3.0, 15.0, 17.0), 4.0)
+    slices = ct_slices("R01-777", 6, S, mask=mask, seed=1)
+    files = []
+    for i, ds in enumerate([*slices, seg_for(slices, mask)]):
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        files.append((f"f{i}.dcm", buf.getvalue()))
+    return files, planted_strings("R01-777")
+
+
+def test_probes_open_everything_else_needs_a_key(server) -> None:
+    base = server[0]
+    with _client(base, None) as c:
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+        r = c.post("/extract_patches", json={"patches": []})
+        assert r.status_code == 401 and "Bearer" in r.json()["message"]
+        assert c.get("/metadata").status_code == 401
+    with _client(base, "wrong-key-0123456789abcdef") as c:
+        assert c.post("/generate", json={}).status_code == 401
+
+
+def test_metadata_names_versions_and_genes(server) -> None:
+    base, _, versions, _ = server
+    with _client(base) as c:
+        r = c.get("/metadata")
+    assert r.status_code == 200, r.text
+    models = r.json()["models"]
+    assert models["rgops-cae"]["version"] == versions["cae"] and models["rgops-cae"]["alias"] == "champion"
+    assert models["rgops-gan"]["genes"] == list(GENES) and len(models["rgops-gan"]["weights_sha256"]) == 64
+    assert r.headers["x-request-id"] == r.json()["request_id"]
+
+
+def test_dicom_series_in_features_out_no_phi(server) -> None:
+    base, _, versions, log = server
+    files, planted = _series_files()
+    with _client(base) as c:
+        r = c.post("/extract", files=[("files", (n, b, "application/dicom")) for n, b in files])
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert len(body["latent"]) == 4 and body["model"]["version"] == versions["cae"]
+        assert body["program_scores"] is None and "program head" in body["program_scores_reason"]
+        assert body["request_id"] and body["patch"]["crop_side_px"] > 0
+        # the same series as a zip gives the same features
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            for n, b in files:
+                zf.writestr(f"study/{n}", b)
+        z = c.post("/extract", files=[("files", ("study.zip", buf.getvalue(), "application/zip"))])
+        assert z.status_code == 200 and np.allclose(z.json()["latent"], body["latent"])
+        # one slice + a box
+        one = c.post("/extract", files=[("files", files[3])], data={"box": "[10, 12, 20, 22]"})
+        assert one.status_code == 200, one.text
+    text = r.text + z.text + one.text + log.read_text(errors="replace")
+    assert not [p for p in planted if p in text]
+
+
+def test_ready_patches_match_the_dicom_path_and_batch(server) -> None:
+    base = server[0]
+    rng = np.random.default_rng(0)
+    patches = [{"pixels": rng.uniform(-1, 1, (S, S)).round(4).tolist()} for _ in range(3)]
+    with _client(base) as c:
+        r = c.post("/extract_patches", json={"patches": patches})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert len(out) == 3 and all(o["error"] is None and len(o["latent"]) == 4 for o in out)
+        bad = c.post("/extract_patches", json={"patches": [{"pixels": [[0.0] * S] * S}, {"pixels": [[5.0] * S] * S}]})
+        assert bad.status_code == 200 and bad.json()[0]["error"] is None and "expected [-1, 1]" in bad.json()[1]["error"]
+        ragged = c.post("/extract_patches", json={"patches": [{"pixels": [[0.0, 1.0], [0.0]]}]})
+        assert ragged.status_code == 400
+
+
+def test_profile_in_png_and_dicom_sc_out(server) -> None:
+    from PIL import Image
+
+    base, _, versions, _ = server
+    profile = {g: 5.0 + i for i, g in enumerate(GENES)}
+    with _client(base) as c:
+        r = c.post("/generate", json={"profile": profile, "n_samples": 2, "seed": 3, "dicom": True,
+                                      "traverse_genes": ["GENE0", "GENE1"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"]["version"] == versions["gan"] and body["imputed"] is False
+    pngs = [Image.open(io.BytesIO(base64.b64decode(p))) for p in body["png"]]
+    assert [im.size for im in pngs] == [(S, S), (S, S)]
+    ds = pydicom.dcmread(io.BytesIO(base64.b64decode(body["dicom"][0])))
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and list(ds.ImageType) == ["DERIVED", "SECONDARY"]
+    assert ds.PatientID == "SYNTHETIC" and "SYNTHETIC" in ds.SeriesDescription and ds.BurnedInAnnotation == "NO"
+    assert versions["gan"] in ds.ImageComments and ds.pixel_array.shape == (S, S)
+    assert ds.StudyInstanceUID and ds.SOPInstanceUID != pydicom.dcmread(
+        io.BytesIO(base64.b64decode(body["dicom"][1]))).SOPInstanceUID
+    strip = Image.open(io.BytesIO(base64.b64decode(body["traversal"]["png"])))
+    assert strip.size[0] > 3 * S - 1 and body["traversal"]["offsets"][0] < 0
+
+
+def test_tsv_profile_and_imputation(server) -> None:
+    base = server[0]
+    tsv = "gene_symbol\tS1\n" + "".join(f"{g}\t{i + 1}\n" for i, g in enumerate(GENES[:-1]))
+    with _client(base) as c:
+        r = c.post("/generate", json={"profile_tsv": tsv})
+        assert r.status_code == 422 and "GENE5" in r.json()["message"]
+        ok = c.post("/generate", json={"profile_tsv": tsv, "impute": True})
+    assert ok.status_code == 200 and ok.json()["imputed_genes"] == ["GENE5"]
+
+
+@pytest.mark.parametrize("payload, status, needle", [
+    ({"profile": {g: 1.0 for g in GENES[:4]}}, 422, "GENE4"),
+    ({"profile": {**{g: 1.0 for g in GENES}, "GENE2": None}}, 422, "NaN"),
+    ({"profile": {**{g: 1.0 for g in GENES}, "GENE2": -3.0}}, 422, "negative"),
+    ({"profile": {g: 1.0 for g in GENES}, "n_samples": 99}, 422, "between 1 and 4"),
+    ({}, 422, "exactly one"),
+])
+def test_bad_profiles_are_4xx(server, payload, status, needle) -> None:
+    with _client(server[0]) as c:
+        r = c.post("/generate", json=payload)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["message"]
+
+
+def test_bad_uploads_are_4xx_and_the_server_lives_on(server) -> None:
+    base = server[0]
+    files, _ = _series_files()
+    with _client(base) as c:
+        r = c.post("/extract", files=[("files", ("x.dcm", b"not dicom at all", "application/dicom"))])
+        assert r.status_code == 422 and "not a DICOM" in r.json()["message"]
+        cut = files[0][1][: len(files[0][1]) - 300]
+        r = c.post("/extract", files=[("files", ("cut.dcm", cut, "application/dicom"))])
+        assert r.status_code == 422 and "truncated" in r.json()["message"]
+        r = c.post("/extract", files=[("files", (n, b, "application/dicom")) for n, b in files[:-1]])
+        assert r.status_code == 422 and "exactly one SEG" in r.json()["message"]
+        # a multipart body cut short (no closing boundary)
+        raw = (b"--XyZ\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.dcm\"\r\n"
+               b"Content-Type: application/dicom\r\n\r\n" + files[0][1][:500])
+        r = c.post("/extract", content=raw, headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
+        assert r.status_code == 400 and "truncated" in r.json()["message"]
+        big = c.post("/extract", files=[("files", ("big.dcm", b"\0" * (2 * 1024 * 1024), "application/dicom"))])
+        assert big.status_code == 413 and "limit" in big.json()["message"]
+        assert c.get("/readyz").status_code == 200
+
+
+def test_reload_follows_the_alias(server) -> None:
+    base, uri, versions, _ = server
+    from rgops.registry import Registry
+
+    reg = Registry(uri)
+    with _client(base) as c:
+        r = c.post("/admin/reload")
+        assert r.status_code == 200 and r.json()["models"]["rgops-cae"]["changed"] is False
+    cae_v2 = publish_tiny_champions(uri, seed=1)["cae"]
+    assert reg.aliases("rgops-cae")["champion"] == cae_v2 != versions["cae"]
+    with _client(base) as c:
+        r = c.post("/admin/reload")
+        assert r.status_code == 200 and r.json()["models"]["rgops-cae"] == {"version": cae_v2, "changed": True}
+        assert c.get("/metadata").json()["models"]["rgops-cae"]["version"] == cae_v2

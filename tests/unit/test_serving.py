@@ -1,0 +1,307 @@
+"""rgops.serving in-process: models built here (real torch modules), no web server."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import torch
+
+from rgops import serving
+from rgops.data.datasets import GenePanel
+from rgops.errors import (
+    ConfigError,
+    DicomError,
+    GeneMismatchError,
+    GeneTableError,
+    IntegrityError,
+    RegistryError,
+    ShapeError,
+)
+from rgops.export import to_secondary_capture
+from rgops.models.cae import CAEConfig, ConditionalAE
+from rgops.models.gan import GANConfig, Generator
+
+GENES = ("EGFR", "KRAS", "TP53", "MYC", "VIM", "HIF1A")
+S = 16
+
+
+@pytest.fixture(scope="module")
+def panel() -> GenePanel:
+    return GenePanel(GENES, np.linspace(1, 2, len(GENES)), np.full(len(GENES), 0.5))
+
+
+def _cae(panel: GenePanel, conditioning: str = "decoder", seed: int = 0) -> ConditionalAE:
+    torch.manual_seed(seed)
+    return ConditionalAE(CAEConfig(image_size=S, n_genes=len(panel), latent_dim=4, gene_embed_dim=4,
+                                   gene_hidden=8, widths=(8, 8), groups=4, conditioning=conditioning)).eval()
+
+
+@pytest.fixture(scope="module")
+def cae(panel: GenePanel) -> serving.ServedModel:
+    return serving.ServedModel("rgops-cae", "1", "champion", "cae", _cae(panel), panel)
+
+
+@pytest.fixture(scope="module")
+def gan(panel: GenePanel) -> serving.ServedModel:
+    torch.manual_seed(0)
+    gen = Generator(GANConfig(image_size=S, n_genes=len(panel), z_dim=8, gene_embed_dim=8, gene_hidden=8,
+                              g_channels=8, max_channels=16, groups=4)).eval()
+    return serving.ServedModel("rgops-gan", "3", "champion", "gan", gen, panel)
+
+
+def _profile(**over: float | None) -> dict[str, float | None]:
+    prof: dict[str, float | None] = {g: 10.0 + i for i, g in enumerate(GENES)}
+    prof.update(over)
+    return prof
+
+
+# --- extraction ---------------------------------------------------------------------------------
+
+
+def test_encode_matches_direct_module_call(cae: serving.ServedModel) -> None:
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 1, S, S)).astype(np.float32)
+    feats = serving.encode(cae, serving.check_patches(x, S))
+    with torch.no_grad():
+        want = cae.module.encode(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(feats.latent, want, rtol=1e-5, atol=1e-6)
+    row = feats.row(1)
+    assert len(row["latent"]) == 4 and row["program_scores"] is None
+    assert "no program head" in row["program_scores_reason"]
+
+
+def test_program_head_scores_are_the_linear_map(cae: serving.ServedModel) -> None:
+    head = serving.ProgramHead(("hypoxia", "emt"), np.arange(8.0).reshape(2, 4), np.array([0.5, -1.0]))
+    model = serving.ServedModel(cae.name, cae.version, cae.alias, cae.kind, cae.module, cae.panel, program_head=head)
+    x = np.zeros((1, 1, S, S), np.float32)
+    feats = serving.encode(model, x)
+    assert feats.program_names == ("hypoxia", "emt")
+    np.testing.assert_allclose(feats.program_scores, feats.latent @ head.coef.T + head.intercept)
+    assert set(feats.row(0)["program_scores"]) == {"hypoxia", "emt"}
+
+
+@pytest.mark.parametrize("bad, why", [
+    (np.zeros((1, 1, S, S + 1)), "shape"),
+    (np.zeros((0, 1, S, S)), "shape"),
+    (np.full((1, 1, S, S), np.nan), "NaN"),
+    (np.full((1, 1, S, S), 3.0), "expected [-1, 1]"),
+    ([[1.0, 2.0], [3.0]], "rectangular"),
+])
+def test_check_patches_refuses(bad: object, why: str) -> None:
+    with pytest.raises(ShapeError, match=pytest.importorskip("re").escape(why)):
+        serving.check_patches(bad, S)
+
+
+def test_encode_items_isolates_a_bad_item(cae: serving.ServedModel) -> None:
+    good = np.zeros((S, S)).tolist()
+    out = serving.encode_items(cae, [(good, None), (np.zeros((S, 3)).tolist(), None), (good, None)])
+    assert out[0]["error"] is None and out[2]["error"] is None
+    assert out[0]["latent"] == out[2]["latent"]
+    assert out[1]["latent"] is None and out[1]["error"].startswith("ShapeError")
+    assert out[1]["model"]["version"] == "1"
+
+
+def test_encoder_conditioned_cae_needs_a_profile(panel: GenePanel) -> None:
+    model = serving.ServedModel("rgops-cae", "2", None, "cae", _cae(panel, "encoder"), panel)
+    x = np.zeros((1, 1, S, S), np.float32)
+    with pytest.raises(GeneMismatchError, match="reads a gene profile"):
+        serving.encode(model, x)
+    g = serving.normalise_profile(panel, _profile(), impute=False).genes
+    assert serving.encode(model, x, g).latent.shape == (1, 4)
+    out = serving.encode_items(model, [(x[0, 0].tolist(), None), (x[0, 0].tolist(), _profile())])
+    assert "send 'profile'" in out[0]["error"] and out[1]["error"] is None
+
+
+# --- DICOM upload -------------------------------------------------------------------------------
+
+
+def _dicom_bytes() -> bytes:
+    return to_secondary_capture(np.zeros((S, S), np.float32), "m", "1")
+
+
+def test_read_dicom_upload_files_and_zip() -> None:
+    import zipfile
+
+    blob = _dicom_bytes()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("a/1.dcm", blob)
+        zf.writestr("a/2.dcm", blob)
+    out = serving.read_dicom_upload([("x.dcm", blob), ("s.zip", buf.getvalue())], max_files=10)
+    assert len(out) == 3 and all(isinstance(d, pydicom.Dataset) for d in out)
+    with pytest.raises(DicomError, match="at most 2"):
+        serving.read_dicom_upload([("s.zip", buf.getvalue()), ("x.dcm", blob)], max_files=2)
+
+
+@pytest.mark.parametrize("data, why", [
+    (b"hello, not dicom", "not a DICOM Part 10 file"),
+    (_dicom_bytes()[:400], "truncated"),
+    (_dicom_bytes()[:-100], "truncated"),
+    (b"PK\x03\x04 broken zip", "not a readable zip"),
+])
+def test_read_dicom_upload_refuses_bad_bytes(data: bytes, why: str) -> None:
+    with pytest.raises(DicomError, match=why):
+        serving.read_dicom_upload([("f", data)], max_files=10)
+
+
+def test_read_dicom_upload_refuses_nothing() -> None:
+    with pytest.raises(DicomError, match="no files uploaded"):
+        serving.read_dicom_upload([], max_files=10)
+
+
+# --- generation ---------------------------------------------------------------------------------
+
+
+def test_generate_is_seeded_and_in_range(gan: serving.ServedModel) -> None:
+    g = serving.normalise_profile(gan.panel, _profile(), impute=False).genes
+    a = serving.generate(gan, g, 3, seed=7, max_samples=4)
+    b = serving.generate(gan, g, 3, seed=7, max_samples=4)
+    assert a.shape == (3, 1, S, S) and np.array_equal(a, b)
+    assert a.min() >= -1 and a.max() <= 1
+    assert not np.array_equal(a, serving.generate(gan, g, 3, seed=8, max_samples=4))
+    with pytest.raises(ShapeError, match="between 1 and 4"):
+        serving.generate(gan, g, 5, seed=0, max_samples=4)
+
+
+def test_missing_genes_named_unless_imputed(panel: GenePanel) -> None:
+    prof = _profile()
+    del prof["TP53"], prof["VIM"]
+    with pytest.raises(GeneMismatchError, match="TP53, VIM"):
+        serving.normalise_profile(panel, prof, impute=False)
+    norm = serving.normalise_profile(panel, {**prof, "EXTRA1": 1.0}, impute=True)
+    assert norm.imputed == ("TP53", "VIM") and norm.ignored == 1
+    assert norm.genes[0, GENES.index("TP53")] == pytest.approx(0.0)  # training mean -> z = 0
+
+
+@pytest.mark.parametrize("over, why", [({"EGFR": float("nan")}, "missing \\(NaN\\)"),
+                                      ({"EGFR": None}, "missing \\(NaN\\)"),
+                                      ({"KRAS": -1.0}, "negative"),
+                                      ({"KRAS": "high"}, "not a number")])
+def test_bad_values_refused(panel: GenePanel, over: dict, why: str) -> None:
+    with pytest.raises(GeneTableError, match=why):
+        serving.normalise_profile(panel, _profile(**over), impute=False)
+
+
+def test_nan_imputed_on_request(panel: GenePanel) -> None:
+    norm = serving.normalise_profile(panel, _profile(EGFR=None), impute=True)
+    assert norm.imputed == ("EGFR",)
+
+
+def test_profile_from_tsv(panel: GenePanel) -> None:
+    text = "gene_symbol\tR01-001\tR01-002\n" + "".join(f"{g}\t{i}\t{i + 1}\n" for i, g in enumerate(GENES))
+    s = serving.profile_from_tsv(text, "R01-002")
+    assert s["EGFR"] == 1.0 and s.index.tolist() == list(GENES)
+    with pytest.raises(GeneTableError, match="2 sample columns"):
+        serving.profile_from_tsv(text)
+    with pytest.raises(GeneTableError, match="'gene_symbol' first"):
+        serving.profile_from_tsv("gene\tx\nEGFR\t1\n")
+    with pytest.raises(GeneTableError, match="non-numeric"):
+        serving.profile_from_tsv("gene_symbol\tx\nEGFR\tabc\n")
+    one = serving.profile_from_tsv("gene_symbol\tx\nEGFR\t\nKRAS\t2\n")
+    assert np.isnan(one["EGFR"]) and one["KRAS"] == 2.0
+
+
+def test_traversal_moves_only_named_genes(gan: serving.ServedModel) -> None:
+    g = serving.normalise_profile(gan.panel, _profile(), impute=False).genes
+    strip, offsets = serving.traversal(gan, g, ["HIF1A", "VIM"], steps=5, span=2.0, seed=1)
+    assert strip.shape == (5, 1, S, S) and offsets == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    assert not np.allclose(strip[0], strip[-1])
+    with pytest.raises(GeneMismatchError, match="NOPE"):
+        serving.traversal(gan, g, ["NOPE"], steps=3, span=1.0, seed=0)
+
+
+# --- model slot ---------------------------------------------------------------------------------
+
+
+def test_model_slot_swaps_when_the_alias_moves(panel: GenePanel) -> None:
+    alias = {"champion": "1"}
+    loads: list[str] = []
+
+    def load(name: str, version: str, a: str | None) -> serving.ServedModel:
+        loads.append(version)
+        return serving.ServedModel(name, version, a, "cae", _cae(panel, seed=int(version)), panel)
+
+    slot = serving.ModelSlot("rgops-cae", "champion", lambda n, a: alias.get(a), load)
+    with pytest.raises(RegistryError, match="no model loaded"):
+        slot.current  # noqa: B018
+    assert slot.refresh() and slot.current.version == "1"
+    held = slot.current  # a request in flight keeps its model
+    assert not slot.refresh() and loads == ["1"]
+    alias["champion"] = "2"
+    assert slot.refresh() and slot.current.version == "2" and held.version == "1"
+    alias.clear()
+    with pytest.raises(RegistryError, match="no @champion"):
+        slot.refresh()
+    assert slot.current.version == "2"  # keeps serving
+
+
+def test_model_slot_keeps_old_version_when_load_fails(panel: GenePanel) -> None:
+    alias = {"champion": "1"}
+
+    def load(name: str, version: str, a: str | None) -> serving.ServedModel:
+        if version == "2":
+            raise IntegrityError("weights digest differs")
+        return serving.ServedModel(name, version, a, "cae", _cae(panel), panel)
+
+    slot = serving.ModelSlot("rgops-cae", "champion", lambda n, a: alias.get(a), load)
+    slot.refresh()
+    alias["champion"] = "2"
+    with pytest.raises(IntegrityError):
+        slot.refresh()
+    assert slot.current.version == "1"
+
+
+def test_model_slot_reads_are_never_blocked_by_a_reload(panel: GenePanel) -> None:
+    gate = threading.Event()
+    alias = {"champion": "1"}
+
+    def load(name: str, version: str, a: str | None) -> serving.ServedModel:
+        if version == "2":
+            gate.wait(5)
+        return serving.ServedModel(name, version, a, "cae", _cae(panel), panel)
+
+    slot = serving.ModelSlot("rgops-cae", "champion", lambda n, a: alias.get(a), load)
+    slot.refresh()
+    alias["champion"] = "2"
+    t = threading.Thread(target=slot.refresh)
+    t.start()
+    assert slot.current.version == "1"  # answered while the reload is loading
+    gate.set()
+    t.join(5)
+    assert slot.current.version == "2"
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+def test_api_keys_from_env_and_file(tmp_path) -> None:  # noqa: ANN001
+    f = tmp_path / "keys"
+    f.write_text("# ops\nfile-key-0123456789abcdef\n\n")
+    keys = serving.load_api_keys({"RGOPS_API_KEYS": "env-key-0123456789abcdef, ", "RGOPS_API_KEYS_FILE": str(f)})
+    assert keys == (b"env-key-0123456789abcdef", b"file-key-0123456789abcdef")
+    with pytest.raises(ConfigError, match="no API keys"):
+        serving.load_api_keys({})
+    with pytest.raises(ConfigError, match="shorter than 16"):
+        serving.load_api_keys({"RGOPS_API_KEYS": "short"})
+    with pytest.raises(ConfigError, match="cannot be read"):
+        serving.load_api_keys({"RGOPS_API_KEYS_FILE": str(tmp_path / "absent")})
+
+
+def test_serve_config_from_params() -> None:
+    assert serving.ServeConfig.from_params(None).host == "127.0.0.1"
+    assert serving.ServeConfig.from_params({"serve": {"port": 8080}}).port == 8080
+    with pytest.raises(ConfigError, match="unknown key"):
+        serving.ServeConfig.from_params({"serve": {"prot": 1}})
+    with pytest.raises(ConfigError, match="max_samples"):
+        serving.ServeConfig.from_params({"serve": {"max_samples": 0}})
+
+
+def test_profile_series_roundtrip_is_panel_order(panel: GenePanel) -> None:
+    s = pd.Series({g: 5.0 for g in reversed(GENES)})
+    g = serving.normalise_profile(panel, s, impute=False).genes
+    assert g.shape == (1, len(GENES))
+    np.testing.assert_allclose(g[0], (np.log2(6.0) - panel.mean) / panel.std, rtol=1e-6)
