@@ -66,7 +66,6 @@ class ServeConfig:
         max_request_mb: request bodies above this are refused with 413.
         max_files: most DICOM files one extraction request may carry (after unzipping).
         max_samples: most images one generation request may ask for.
-        max_patches: most ready patches one request may carry.
         max_batch_size: adaptive batching: most patches the server encodes in one model call.
         max_latency_ms: adaptive batching: longest a request waits for others to batch with.
         reload_poll_s: seconds between checks whether the alias moved (0: only the admin route).
@@ -80,7 +79,6 @@ class ServeConfig:
     max_request_mb: float = 64.0
     max_files: int = 2000
     max_samples: int = 16
-    max_patches: int = 256
     max_batch_size: int = 32
     max_latency_ms: int = 20
     reload_poll_s: float = 30.0
@@ -88,7 +86,7 @@ class ServeConfig:
     traversal_span: float = 2.0
 
     def __post_init__(self) -> None:
-        for name in ("max_files", "max_samples", "max_patches", "max_batch_size", "traversal_steps"):
+        for name in ("max_files", "max_samples", "max_batch_size", "traversal_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"serve.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.max_request_mb <= 4096:
