@@ -1,0 +1,52 @@
+"""Gene-expression and clinical tables: malformed input is a typed error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rgops.data.genomics import read_clinical, read_gene_table
+from rgops.errors import CohortError, GeneTableError
+
+
+def write(tmp_path, text, name="genes.tsv"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_reads_values_and_counts_missing(tmp_path):
+    p = write(tmp_path, "gene_symbol\tA-1\tB-2\nEGFR\t3\t\nKRAS\t0\t7.5\n")
+    t = read_gene_table(p)
+    assert t.genes == ["EGFR", "KRAS"]
+    assert list(t.expr.index) == ["A-1", "B-2"]
+    assert t.n_missing == 1 and np.isnan(t.expr.loc["B-2", "EGFR"])
+    assert t.log2p1().loc["A-1", "EGFR"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("gene_symbol\tA\tB\n\t1\t2\nKRAS\t1\t2\n", "without a gene symbol"),
+    ("gene_symbol\tA\tB\nNA\t1\t2\n", "without a gene symbol"),
+    ("gene_symbol\tA\tB\nEGFR\t1\t2\nEGFR\t3\t4\n", "EGFR.*more than once"),
+    ("gene_symbol\tA\tA\nEGFR\t1\t2\n", "columns 2 and 3 carry the same sample id"),
+    ("gene_symbol\tA\tB\nEGFR\t1\thigh\n", "EGFR.*'high'.*not a number"),
+    ("gene_symbol\tA\tB\nEGFR\t1\t-2\n", "EGFR.*negative"),
+    ("symbol\tA\nEGFR\t1\n", "expected a first column 'gene_symbol'"),
+])
+def test_malformed_tables_refused(tmp_path, text, match):
+    with pytest.raises(GeneTableError, match=match):
+        read_gene_table(write(tmp_path, text))
+
+
+def test_sample_ids_not_in_messages(tmp_path):
+    with pytest.raises(GeneTableError) as info:
+        read_gene_table(write(tmp_path, "gene_symbol\tR01-SECRET\tR01-SECRET\nEGFR\t1\t2\n"))
+    assert "R01-SECRET" not in str(info.value)
+
+
+def test_clinical_age_capped_and_duplicates_refused(tmp_path):
+    p = write(tmp_path, "patient_id,age,sex\nA,95,F\nB,62,M\n", "clinical.csv")
+    df = read_clinical(p)
+    assert df.loc["A", "age"] == 90 and df.loc["B", "age"] == 62
+    with pytest.raises(CohortError, match="repeats a patient_id"):
+        read_clinical(write(tmp_path, "patient_id,age\nA,1\nA,2\n", "clinical.csv"))
