@@ -86,6 +86,35 @@ def progress():  # noqa: ANN201 - rich.progress.Progress, imported lazily
 # --- data: synth, ingest ------------------------------------------------------------------------
 
 
+@app.command("synth")
+@handles_errors
+def synth_cmd(
+    out: Path = typer.Argument(..., help="Cohort folder to write (must be empty or new)."),
+    patients: Optional[int] = typer.Option(None, "--patients", help="Override synth.n_patients."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override synth.seed."),
+    genes: Optional[int] = typer.Option(None, "--genes", help="Override synth.n_genes."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Override synth.image_size (rows = cols)."),
+    truth_out: Optional[Path] = typer.Option(None, "--truth-out", help="Ground-truth folder (default: OUT-truth beside OUT)."),
+    params: Optional[Path] = typer.Option(
+        None, "--params", help="params.yaml to read the synth section from (default: ./params.yaml if present)."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT (and the truth folder) if written by rgops synth."),
+) -> None:
+    """Write a synthetic radiogenomic cohort (CT + SEG DICOM, genes.tsv, clinical.csv) and its ground truth."""
+    from rgops.data.synth import default_truth_dir, generate_cohort, synth_config
+
+    config = synth_config(params, n_patients=patients, seed=seed, n_genes=genes, image_size=image_size)
+    with progress() as bar:
+        task = bar.add_task("synth", total=config.n_patients)
+        summary = generate_cohort(out, config, truth_out,
+                                  progress=lambda done, total: bar.update(task, completed=done, total=total),
+                                  overwrite=force)
+    typer.echo(
+        f"wrote {summary['patients']} patients ({summary['series']} series, {summary['instances']} DICOM instances, "
+        f"{summary['genes']} genes) to {out} in {summary['seconds']:.1f}s; ground truth in "
+        f"{truth_out or default_truth_dir(out)}"
+    )
+
+
 @app.command("ingest")
 @handles_errors
 def ingest_cmd(
@@ -118,11 +147,173 @@ def ingest_cmd(
 
 # --- training ------------------------------------------------------------------------------------
 
+train_app = typer.Typer(help="Train the conditional autoencoder or the conditional GAN (tracked in MLflow).",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+def _train(kind: str, datasets: Path, preset: str, params: Path, resume: bool, checkpoint_dir: Optional[Path],
+           device: str, experiment: str, metrics_out: Optional[Path], plots_out: Optional[Path]) -> None:
+    from rgops.errors import ConfigError
+    from rgops.training.presets import PRESETS
+    from rgops.training.run import run_training
+
+    if preset not in PRESETS:
+        raise ConfigError(f"--preset {preset!r} is not one of {list(PRESETS)}")
+    with progress() as bar:
+        task = bar.add_task(f"train {kind} ({preset})", total=None)
+        run_id = run_training(kind, datasets, preset, params, device=device, checkpoint_dir=checkpoint_dir,  # type: ignore[arg-type]
+                              resume=resume, experiment=experiment, metrics_out=metrics_out, plots_out=plots_out,
+                              progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if run_id is not None:
+        typer.echo(run_id)
+
+
+def _train_command(kind: str) -> Callable[..., None]:
+    @handles_errors
+    def command(
+        datasets: Path = typer.Argument(..., help="Datasets folder written by `rgops ingest`."),
+        preset: str = typer.Option("tiny", "--preset", help="Preset of params.yaml train.<kind>.presets: tiny, demo or full."),
+        params: Path = ParamsOpt,
+        resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --checkpoint-dir."),
+        checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="Where checkpoints are written."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        experiment: str = typer.Option("rgops", "--experiment", help="MLflow experiment name."),
+        metrics_out: Optional[Path] = typer.Option(None, "--metrics-out", help="Write final metrics JSON here (DVC metrics)."),
+        plots_out: Optional[Path] = typer.Option(None, "--plots-out", help="Write per-epoch CSV here (DVC plots)."),
+    ) -> None:
+        _train(kind, datasets, preset, params, resume, checkpoint_dir, device, experiment, metrics_out, plots_out)
+
+    command.__doc__ = (f"Train the {'conditional autoencoder' if kind == 'cae' else 'conditional GAN'} on DATASETS; "
+                       "prints the MLflow run id last. Honours RGOPS_TRACKING_URI / MLFLOW_TRACKING_URI.")
+    return command
+
+
+train_app.command("cae")(_train_command("cae"))
+train_app.command("gan")(_train_command("gan"))
+
 # --- evaluation ----------------------------------------------------------------------------------
 
 # --- registry and flows --------------------------------------------------------------------------
 
+TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking/registry URI (default: "
+                           "RGOPS_TRACKING_URI, MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db).")
+
+
+@app.command("promote")
+@handles_errors
+def promote_cmd(
+    approve: Optional[str] = typer.Option(None, "--approve", metavar="VERSION", help="Approve this version."),
+    reject: Optional[str] = typer.Option(None, "--reject", metavar="VERSION", help="Reject this version."),
+    name: str = typer.Option("rgops-cae", "--name", help="Registered model: rgops-cae or rgops-gan."),
+    reviewer: Optional[str] = typer.Option(None, "--reviewer", help="Who decides (default: $RGOPS_ACTOR, $USER)."),
+    comment: str = typer.Option("", "--comment", help="Why (kept on the version and in the history)."),
+    tracking_uri: Optional[str] = TrackingOpt,
+) -> None:
+    """Approve or reject a registered version; approval moves @champion (the gates must have passed)."""
+    from rgops.errors import ConfigError
+    from rgops.registry import Decision, Registry, actor_name, kind_of
+
+    if (approve is None) == (reject is None):
+        raise ConfigError("give exactly one of --approve VERSION or --reject VERSION")
+    kind_of(name)
+    reg = Registry(tracking_uri)
+    version = approve if approve is not None else reject
+    previous = reg.decide(name, version, Decision(approve is not None, actor_name(reviewer), comment))
+    if approve is not None:
+        typer.echo(f"{name}@champion: {previous or 'none'} -> {version}")
+    else:
+        typer.echo(f"{name} version {version} rejected; @champion unchanged")
+
+
+@app.command("rollback")
+@handles_errors
+def rollback_cmd(
+    name: str = typer.Argument(..., help="Registered model: rgops-cae or rgops-gan."),
+    reason: str = typer.Option("", "--reason", help="Why (kept in the history)."),
+    actor: Optional[str] = typer.Option(None, "--by", help="Who rolls back (default: $RGOPS_ACTOR, $USER)."),
+    tracking_uri: Optional[str] = TrackingOpt,
+) -> None:
+    """Move @champion back to the previous approved version (nothing is deleted)."""
+    from rgops.registry import Registry
+
+    old, new = Registry(tracking_uri).rollback(name, actor=actor, reason=reason)
+    typer.echo(f"{name}@champion: {old} -> {new} (rolled back)")
+
+
+@app.command("models")
+@handles_errors
+def models_cmd(
+    name: Optional[str] = typer.Argument(None, help="One registered model (default: all rgops models)."),
+    history: bool = typer.Option(False, "--history", help="Also show the history of decisions and alias moves."),
+    tracking_uri: Optional[str] = TrackingOpt,
+) -> None:
+    """Versions, aliases, gates and approvals of the registered models, as a table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rgops.registry import KINDS, Registry, kind_of, model_name
+
+    names = [name] if name else [model_name(k) for k in KINDS]
+    for n in names:
+        kind_of(n)
+    reg = Registry(tracking_uri)
+    console = Console(width=None if sys.stdout.isatty() else 220)  # piped output: do not wrap columns
+    for n in names:
+        table = Table(title=n)
+        for col in ("version", "aliases", "decision", "by", "at", "gates", "metrics", "data", "created"):
+            table.add_column(col)
+        for v in reg.versions(n):
+            t = v.tags
+            metrics = ", ".join(f"{k}={x:.3g}" for k, x in sorted(v.metrics.items()))
+            table.add_row(v.version, ",".join(v.aliases), t.get("decision", ""), t.get("approved_by", ""),
+                          t.get("approved_at", ""), t.get("rgops.gates", "—"), metrics,
+                          t.get("rgops.data_digest", "")[:12], v.created)
+        console.print(table)
+        if history:
+            hist = Table(title=f"{n} history")
+            for col in ("n", "at", "by", "action", "version", "alias", "previous", "reason"):
+                hist.add_column(col)
+            for e in reg.history(n):
+                hist.add_row(str(e.n), e.at, e.by, e.action, e.version, e.alias or "", e.previous or "", e.reason)
+            console.print(hist)
+
+
 # --- serving -------------------------------------------------------------------------------------
+
+
+@app.command("serve")
+@handles_errors
+def serve_cmd(
+    port: Optional[int] = typer.Option(None, "--port", help="HTTP port (default: serve.port in params.yaml, 3000)."),
+    host: Optional[str] = typer.Option(None, "--host", help="Interface to bind (default 127.0.0.1)."),
+    params: Path = ParamsOpt,
+) -> None:
+    """Start the feature-extraction and image-generation services (`bentoml serve`) on localhost.
+
+    Loads models:/rgops-cae@champion and models:/rgops-gan@champion from the registry
+    (MLFLOW_TRACKING_URI) and needs API keys in RGOPS_API_KEYS or RGOPS_API_KEYS_FILE.
+    """
+    import subprocess
+
+    from rgops.config import load_params
+    from rgops.serving import ServeConfig, load_api_keys
+
+    cfg = ServeConfig.from_params(load_params(params) if params.is_file() else None)
+    load_api_keys()  # fail here, with the reason, rather than inside the server
+    host = host or cfg.host
+    port = port or cfg.port
+    env = {**os.environ, "RGOPS_PARAMS": str(params.resolve())} if params.is_file() else dict(os.environ)
+    root = Path(__file__).resolve().parent.parent
+    typer.echo(f"rgops services on http://{host}:{port}  (routes /extract /extract_patches /generate "
+               f"/metadata /healthz; OpenAPI at /docs)")
+    cmd = [sys.executable, "-m", "bentoml", "serve", "services.service:RgopsService", "--host", host,
+           "--port", str(port)]
+    try:
+        code = subprocess.call(cmd, cwd=root if (root / "services").is_dir() else None, env=env)
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
 
 
 def main() -> None:
