@@ -261,9 +261,14 @@ def _outcome(suite: Suite, index: int, res: Any, n_examples: int) -> Outcome:
     result = dict(res.result or {})
     error = None
     info = res.exception_info or {}
-    if isinstance(info, dict) and info.get("raised_exception"):
-        msg = str(info.get("exception_message") or "exception")
-        error = msg.splitlines()[0][:300]
+    # GX gives either one {"raised_exception", "exception_message"} or one such dict per metric.
+    infos = [info] if isinstance(info, dict) and "raised_exception" in info else (
+        [v for v in info.values() if isinstance(v, dict)] if isinstance(info, dict) else [])
+    for item in infos:
+        if item.get("raised_exception") or item.get("exception_message"):
+            msg = str(item.get("exception_message") or "exception").strip()
+            error = (msg.splitlines() or ["exception"])[-1][:300]
+            break
     examples: list[dict[str, Any]] = []
     seen: set[str] = set()
     for row in result.get("partial_unexpected_index_list") or []:

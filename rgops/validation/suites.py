@@ -33,7 +33,7 @@ SEVERITIES = ("critical", "warning")
 #: The suites in ``expectations/``, in the order a raw-cohort run reports them.
 COHORT_SUITES = ("imaging", "series", "segmentations", "genes", "samples", "clinical", "linkage")
 #: The suites run on an ingested datasets folder.
-DATASETS_SUITES = ("imaging", "clinical", "datasets_patches", "datasets_genes")
+DATASETS_SUITES = ("imaging", "segmentations", "clinical", "datasets_patches", "datasets_genes")
 DEFAULT_SUITE_DIR = Path(__file__).resolve().parents[2] / "expectations"
 
 

@@ -43,8 +43,7 @@ MISSING_TOKENS = frozenset({"", "na", "nan", "null", "none", "n/a"})
 _PSEUDO_RE = re.compile(r"^P-[0-9a-f]{16}$")
 _KEYED_UID_RE = re.compile(r"^2\.25\.\d+$")
 
-#: Columns of the imaging table; ingest's ``instances.parquet`` carries the same ones (plus
-#: ``kind`` = ``"image"``/``"seg"``) so the imaging suite runs on both.
+#: Columns of the imaging table (:func:`instance_tables` maps ingest's instances.parquet onto them).
 IMAGING_COLUMNS = (
     "pseudo_id", "series_uid", "instance_number", "modality", "pixel_spacing_min_mm",
     "pixel_spacing_max_mm", "slice_thickness_mm", "rows", "columns", "rescale_slope",
@@ -377,8 +376,9 @@ def datasets_tables(root: str | Path) -> dict[str, pd.DataFrame]:
     ``datasets_patches``: one row per patch (``pseudo_id, split, channels, side, min_value,
     max_value, n_nonfinite, gene_n_nonfinite, n_splits_of_patient``); min/max over finite values.
     ``datasets_genes``: one row per panel gene (``gene, train_mean, train_sd, n_nonfinite``),
-    statistics over finite train-split values (``ddof=0``). ``clinical`` from clinical.parquet and
-    ``imaging`` from the image rows of instances.parquet, when those files exist.
+    statistics over finite train-split values (``ddof=0``). ``clinical`` from clinical.parquet,
+    ``imaging`` and ``segmentations`` from instances.parquet (:func:`instance_tables`), when those
+    files exist.
 
     Raises:
         DatasetError: the folder is missing files or its arrays do not line up.
@@ -424,8 +424,52 @@ def datasets_tables(root: str | Path) -> dict[str, pd.DataFrame]:
         out = pd.DataFrame({"pseudo_id": clin["pseudo_id"].astype(str).to_numpy()})
         tables["clinical"] = _clinical_columns(clin, out)
     if (root / "instances.parquet").is_file():
-        inst = pd.read_parquet(root / "instances.parquet")
-        if "kind" in inst.columns:
-            inst = inst[inst["kind"] == "image"]
-        tables["imaging"] = inst.reset_index(drop=True)
+        tables.update(instance_tables(pd.read_parquet(root / "instances.parquet")))
     return tables
+
+
+def instance_tables(inst: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The imaging and segmentations tables from ingest's ``instances.parquet``.
+
+    That table (one row per de-identified CT/SEG instance, written by
+    :mod:`rgops.data.ingest`) counts leftover identifying attributes in ``deid_leftovers``; here
+    ``leftover_identifiers`` becomes ``"<n> identifying attribute(s)"`` when the count is not 0.
+    """
+    def col(name: str, default: Any = None) -> pd.Series:
+        return inst[name] if name in inst.columns else pd.Series([default] * len(inst), index=inst.index)
+
+    is_seg = (col("sop_class_uid", "").astype(str) == SEG_SOP_CLASS) | (col("modality", "").astype(str) == "SEG")
+    images, segs = inst[~is_seg], inst[is_seg]
+    row_mm = pd.to_numeric(col("pixel_spacing_row_mm")[~is_seg], errors="coerce")
+    col_mm = pd.to_numeric(col("pixel_spacing_col_mm")[~is_seg], errors="coerce")
+    ts = col("transfer_syntax_uid", "")[~is_seg].astype(str)
+    decodable = {t: transfer_syntax_decodable(t) if t else False for t in set(ts)}
+    leftovers = pd.to_numeric(col("deid_leftovers", 0)[~is_seg], errors="coerce").fillna(0).astype(int)
+    imaging = pd.DataFrame({
+        "pseudo_id": images["pseudo_id"].astype(str).to_numpy() if "pseudo_id" in inst.columns else None,
+        "series_uid": col("series_uid", "")[~is_seg].to_numpy(),
+        "instance_number": None,
+        "modality": col("modality", "")[~is_seg].astype(str).to_numpy(),
+        "pixel_spacing_min_mm": np.fmin(row_mm, col_mm).to_numpy(),
+        "pixel_spacing_max_mm": np.fmax(row_mm, col_mm).to_numpy(),
+        "slice_thickness_mm": pd.to_numeric(col("slice_thickness_mm")[~is_seg], errors="coerce").to_numpy(),
+        "rows": col("rows")[~is_seg].to_numpy(),
+        "columns": col("columns")[~is_seg].to_numpy(),
+        "rescale_slope": pd.to_numeric(col("rescale_slope")[~is_seg], errors="coerce").to_numpy(),
+        "rescale_intercept": pd.to_numeric(col("rescale_intercept")[~is_seg], errors="coerce").to_numpy(),
+        "transfer_syntax": ts.to_numpy(),
+        "transfer_syntax_decodable": ts.map(decodable).astype(bool).to_numpy(),
+        "identity_removed": (col("patient_identity_removed", "")[~is_seg].astype(str) == "YES").to_numpy(),
+        "leftover_identifiers": np.where(leftovers.to_numpy() > 0,
+                                         [f"{n} identifying attribute(s)" for n in leftovers], ""),
+    }, columns=list(IMAGING_COLUMNS))
+    own = set(zip(images.get("pseudo_id", pd.Series(dtype=str)), images.get("series_uid", pd.Series(dtype=str))))
+    seg_table = pd.DataFrame({
+        "pseudo_id": segs["pseudo_id"].astype(str).to_numpy() if "pseudo_id" in inst.columns else None,
+        "modality": col("modality", "")[is_seg].astype(str).to_numpy(),
+        "referenced_series_uid": col("referenced_series_uid", "")[is_seg].to_numpy(),
+        "references_own_series": [(p, r) in own for p, r in zip(segs.get("pseudo_id", []),
+                                                                 segs.get("referenced_series_uid", []))],
+        "n_frames": pd.to_numeric(col("n_frames", 0)[is_seg], errors="coerce").to_numpy(),
+    })
+    return {"imaging": imaging, "segmentations": seg_table}
