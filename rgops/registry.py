@@ -682,3 +682,67 @@ class Registry:
         if info is None:
             return None, {}, None
         return info, info.metrics, info.tags.get("rgops.data_digest")
+
+    def register_all(self, items: list[dict[str, Any]]) -> list[VersionInfo]:
+        """Register several models as one unit: all of them, or none.
+
+        Each item holds the keyword arguments of :meth:`register`. When one fails, the versions
+        registered by this call are deleted again and ``@challenger`` is restored on each model.
+        """
+        done: list[VersionInfo] = []
+        before = {model_name(i["kind"]): self.aliases(model_name(i["kind"])).get(CHALLENGER) for i in items}
+        try:
+            for item in items:
+                done.append(self.register(**item))
+        except BaseException:
+            for info in done:
+                with contextlib.suppress(Exception):
+                    self.client.delete_model_version(info.name, info.version)
+                    if before.get(info.name):
+                        self.client.set_registered_model_alias(info.name, CHALLENGER, before[info.name])
+                    log.warning("registered %s version %s withdrawn: a sibling model failed to register",
+                                info.name, info.version)
+            raise
+        return done
+
+    def load_model(self, model_uri: str) -> Any:
+        """Load a logged or registered model (``models:/rgops-cae@champion``) from this registry,
+        digests checked before unpickling; returns a :class:`rgops.tracking.LoadedModel`."""
+        import mlflow
+
+        from rgops.tracking import load_logged_model
+
+        mlflow.set_tracking_uri(self.tracking_uri)  # load_logged_model resolves through the global URI
+        with self._errors(f"loading {model_uri}"):
+            return load_logged_model(model_uri)
+
+    def reap_orphan_runs(self, experiment: str, host: str) -> list[str]:
+        """Mark RUNNING runs of ``experiment`` owned by a dead process on ``host`` as FAILED.
+
+        A run's owner is recorded in its ``rgops.host``/``rgops.pid`` tags; a run with a live owner,
+        or owned by another host, is left alone. Returns the ids of the runs marked FAILED.
+        """
+        with self._errors(f"looking for orphaned runs in experiment {experiment!r}"):
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                return []
+            runs = self.client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
+        reaped = []
+        for run in runs:
+            tags = run.data.tags
+            if tags.get("rgops.host") != host or not tags.get("rgops.pid", "").isdigit():
+                continue
+            try:
+                os.kill(int(tags["rgops.pid"]), 0)
+                continue  # the owner still runs
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue  # a live process of another user
+            with self._errors(f"marking orphaned run {run.info.run_id} FAILED"):
+                self.client.set_tag(run.info.run_id, "rgops.failure",
+                                    f"owner process {tags['rgops.pid']} on {host} died; marked FAILED at {_now()}")
+                self.client.set_terminated(run.info.run_id, status="FAILED")
+            log.warning("run %s was left RUNNING by dead process %s; marked FAILED", run.info.run_id, tags["rgops.pid"])
+            reaped.append(run.info.run_id)
+        return reaped

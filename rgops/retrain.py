@@ -1,0 +1,357 @@
+"""The retraining pipeline as plain functions: validate -> ingest -> train -> evaluate -> register ->
+gate -> decide -> promote.
+
+``flows/retrain.py`` wraps each function here in one Prefect task; the CLI and DVC can call them
+directly. What is not Prefect-specific lives here: the gates, the approval decision, and the order
+that keeps the registry clean — **a model is registered only after both models trained and were
+evaluated**, so a run that dies during training leaves no registered version and moves no alias.
+
+Runs that a killed process left ``RUNNING`` in MLflow are marked ``FAILED`` when the next retrain
+starts (:func:`reap_orphan_runs`): a SIGKILL gives a process no chance to run a ``finally`` block,
+so the only reliable place is the next start. Each training run is tagged with the host and pid that
+own it; a run is reaped only when that process is gone from this host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rgops.errors import DataValidationError, PromotionRefused
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["cae", "gan"]
+ProgressFn = Callable[[int, int], None]
+INGEST_STAMP = ".rgops-ingest.json"
+
+
+# --- validate ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ValidationOutcome:
+    """What a validation step found, small enough to pass between tasks."""
+
+    target: str
+    passed: bool
+    summary: str
+    markdown: str
+    data_digest: str | None = None
+
+
+def validate_cohort_step(cohort: str | Path, params: Mapping[str, Any], out_dir: str | Path | None = None
+                         ) -> ValidationOutcome:
+    """Validate the raw cohort; raise when a critical expectation fails.
+
+    Raises:
+        DataValidationError: critical expectations failed (the summary names them).
+    """
+    from rgops.validation.runner import validate_cohort, write_json
+    from rgops.validation.suites import ValidateConfig
+
+    report = validate_cohort(Path(cohort), ValidateConfig.from_params(dict(params)))
+    if out_dir is not None:
+        write_json(report, Path(out_dir) / "validation-cohort.json")
+    if not report.passed:
+        raise DataValidationError(f"cohort {str(cohort)!r} failed data validation: {report.summary()}; "
+                                  "fix the cohort or the suites in expectations/ before retraining")
+    return ValidationOutcome("cohort", True, report.summary(), report.to_markdown())
+
+
+def validate_datasets_step(datasets: str | Path, params: Mapping[str, Any], out_dir: str | Path | None = None
+                           ) -> ValidationOutcome:
+    """Validate an ingested datasets folder; the outcome carries the data digest it validated.
+
+    Raises:
+        DataValidationError: critical expectations failed.
+    """
+    from rgops.data.datasets import Datasets
+    from rgops.validation.runner import validate_datasets, write_json
+    from rgops.validation.suites import ValidateConfig
+
+    report = validate_datasets(Path(datasets), ValidateConfig.from_params(dict(params)))
+    digest = Datasets.load(datasets).digest()
+    if out_dir is not None:
+        write_json(report, Path(out_dir) / "validation-datasets.json")
+    if not report.passed:
+        raise DataValidationError(f"datasets {str(datasets)!r} (digest {digest[:12]}) failed data validation: "
+                                  f"{report.summary()}; re-run ingest or fix the cohort")
+    return ValidationOutcome("datasets", True, report.summary(), report.to_markdown(), digest)
+
+
+# --- ingest (cached) -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    path: str
+    data_digest: str
+    cached: bool
+    fingerprint: str
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def cohort_fingerprint(cohort: str | Path, params: Mapping[str, Any]) -> str:
+    """SHA-256 over every cohort file (path and bytes) and the ``ingest`` params: the cache key."""
+    root = Path(cohort)
+    h = hashlib.sha256(json.dumps(params.get("ingest") or {}, sort_keys=True).encode())
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        h.update(str(p.relative_to(root)).encode())
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def ingest_step(cohort: str | Path, out: str | Path, params: Mapping[str, Any], progress: ProgressFn | None = None
+                ) -> IngestOutcome:
+    """Ingest ``cohort`` into ``out`` unless ``out`` already holds the ingest of the same bytes and params.
+
+    The cache key (:func:`cohort_fingerprint`) is stored beside the datasets as ``.rgops-ingest.json``
+    and checked together with the datasets digest, so an edited datasets folder is re-ingested.
+    """
+    from rgops.data.datasets import Datasets
+    from rgops.data.ingest import IngestConfig, ingest_cohort
+    from rgops.errors import DatasetError
+
+    out = Path(out)
+    fp = cohort_fingerprint(cohort, params)
+    stamp = out / INGEST_STAMP
+    if stamp.is_file():
+        try:
+            recorded = json.loads(stamp.read_text())
+            digest = Datasets.load(out).digest()
+        except (ValueError, DatasetError, OSError):
+            recorded, digest = {}, None
+        if recorded.get("fingerprint") == fp and recorded.get("data_digest") == digest:
+            log.info("ingest cached: %s already holds cohort %s (data %s)", out, fp[:12], digest[:12])
+            return IngestOutcome(str(out), digest, True, fp, recorded.get("report", {}))
+    report = ingest_cohort(cohort, out, IngestConfig.from_params(dict(params)), progress=progress)
+    digest = Datasets.load(out).digest()
+    stamp.write_text(json.dumps({"fingerprint": fp, "data_digest": digest, "report": report.to_json()}))
+    return IngestOutcome(str(out), digest, False, fp, report.to_json())
+
+
+# --- train ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A trained model logged to MLflow (not registered)."""
+
+    kind: str
+    run_id: str
+    model_uri: str
+    data_digest: str
+    train_metrics: dict[str, float]
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags naming the process that owns a run, so a later start can tell a dead run from a live one."""
+    return {"rgops.host": socket.gethostname(), "rgops.pid": str(os.getpid())}
+
+
+def train_step(kind: Kind, datasets: str | Path, params: Mapping[str, Any], preset: str, *,
+               tracking_uri: str | None = None, experiment: str = "rgops", tags: Mapping[str, str] | None = None,
+               device: str | None = None, progress: ProgressFn | None = None) -> TrainedModel:
+    """Train one model on ``datasets`` in its own MLflow run and log it (weights digest included).
+
+    The run is tagged with the owning host/pid (:func:`owner_tags`) and the caller's ``tags``
+    (e.g. the validation outcome); it ends FAILED when training raises.
+    """
+    from rgops.data.datasets import Datasets
+    from rgops.tracking import MlflowTracker, dvc_hash, git_commit, log_model, model_card
+    from rgops.training import load_preset, model_config, train_cae, train_gan
+
+    ds = Datasets.load(datasets)
+    fields, train_cfg = load_preset(dict(params), kind, preset)
+    config = model_config(kind, ds, fields)
+    trainer = train_cae if kind == "cae" else train_gan
+    with MlflowTracker(experiment, run_name=f"retrain-{kind}", tracking_uri=tracking_uri) as tracker:
+        tracker.set_tags({**owner_tags(), **dict(tags or {}), "rgops.preset": preset})
+        digest = tracker.log_dataset(ds)
+        result = trainer(ds, config, train_cfg, tracker=tracker, device=device, progress=progress)
+        commit = git_commit()
+        card = model_card(kind, config, ds.panel, ds, result.metrics, digest, dvc_hash(datasets), commit)
+        uri = log_model(result.module, kind, config, ds.panel, card)
+        tracker.set_tags({"rgops.git_commit": commit})
+        run_id = tracker.run_id
+    assert run_id is not None
+    return TrainedModel(kind, run_id, uri, digest, {k: float(v) for k, v in result.metrics.items()})
+
+
+# --- evaluate ------------------------------------------------------------------------------------
+
+
+def evaluate_step(datasets: str | Path, cae_uri: str, gan_uri: str, params: Mapping[str, Any], *,
+                  cohort: str | Path | None = None, tracking_uri: str | None = None,
+                  out_dir: str | Path | None = None) -> dict[str, float]:
+    """Held-out metrics of a CAE and a GAN (flat names such as ``cae.cv_r2.mean``, ``gan.frechet``).
+
+    The models are loaded through the registry client (digests checked before unpickling). With a
+    synthetic ``cohort``, its ground truth (``COHORT-truth/``) supplies the targets.
+    """
+    from rgops.data.datasets import Datasets
+    from rgops.evaluation.evaluate import EvaluateConfig, evaluate, write_outputs
+    from rgops.registry import Registry
+
+    ds = Datasets.load(datasets)
+    reg = Registry(tracking_uri)
+    cae = reg.load_model(cae_uri)
+    gan = reg.load_model(gan_uri)
+    cfg = EvaluateConfig.from_params(dict(params))
+    result = evaluate(ds, encoders={"cae": cae.module}, gan=gan.module, truth=_truth(cohort), cfg=cfg)
+    if out_dir is not None:
+        write_outputs(result, Path(out_dir) / "evaluation.json", Path(out_dir) / "report", cfg)
+    return {k: float(v) for k, v in result.metrics.items()}
+
+
+def _truth(cohort: str | Path | None) -> Any:
+    from rgops.data.pseudonym import load_key
+    from rgops.evaluation.evaluate import GroundTruth, truth_dir_for
+
+    if cohort is None or not (truth_dir_for(cohort) / "ground_truth.json").is_file():
+        return None
+    return GroundTruth.load(truth_dir_for(cohort), load_key())
+
+
+@dataclass(frozen=True)
+class ChampionRecord:
+    """The current champions and their metrics measured on the challenger's held-out split."""
+
+    versions: dict[str, str]
+    metrics: dict[str, float]
+    data_digest: str | None
+
+
+def champion_step(datasets: str | Path, challenger_cae_uri: str, params: Mapping[str, Any], *,
+                  cohort: str | Path | None = None, tracking_uri: str | None = None) -> ChampionRecord:
+    """Re-evaluate the current champions on the same held-out split as the challengers.
+
+    The champion GAN's image metrics are measured in the *challenger* CAE's feature space, the
+    space the challenger GAN is measured in, so the two Frechet distances are comparable.
+    Returns an empty record when there is no champion yet.
+    """
+    from rgops.data.datasets import Datasets
+    from rgops.evaluation.evaluate import EvaluateConfig, evaluate
+    from rgops.registry import CHAMPION, Registry, model_name
+
+    reg = Registry(tracking_uri)
+    versions = {k: v for k in ("cae", "gan") if (v := reg.aliases(model_name(k)).get(CHAMPION))}
+    if not versions:
+        return ChampionRecord({}, {}, None)
+    ds = Datasets.load(datasets)
+    encoders: dict[str, Any] = {"cae": reg.load_model(challenger_cae_uri).module}
+    if "cae" in versions:
+        encoders["champ"] = reg.load_model(f"models:/{model_name('cae')}@{CHAMPION}").module
+    gan = reg.load_model(f"models:/{model_name('gan')}@{CHAMPION}").module if "gan" in versions else None
+    result = evaluate(ds, encoders=encoders, gan=gan, truth=_truth(cohort),
+                      cfg=EvaluateConfig.from_params(dict(params)))
+    metrics = {}
+    for k, v in result.metrics.items():
+        if k.startswith("champ."):
+            metrics["cae." + k.removeprefix("champ.")] = float(v)
+        elif k.startswith("gan.") and "gan" in versions:
+            metrics[k] = float(v)
+    return ChampionRecord(versions, metrics, ds.digest())
+
+
+# --- register, gate, decide ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A registered challenger: its registry name and version and the metrics it was gated on."""
+
+    kind: str
+    name: str
+    version: str
+    metrics: dict[str, float]
+
+
+def register_step(models: Mapping[str, TrainedModel], metrics: Mapping[str, float], validation: ValidationOutcome,
+                  *, tracking_uri: str | None = None, extra_data_version: Mapping[str, str] | None = None
+                  ) -> dict[str, Candidate]:
+    """Register every trained model (all or none) once training and evaluation succeeded.
+
+    Each version carries its kind's metrics, the data version, the validation outcome for that data
+    and the training run's tags (weights digest, git commit). If registering one of them fails, the
+    versions registered in this call are deleted again and ``@challenger`` is restored.
+    """
+    from rgops.registry import Registry
+
+    reg = Registry(tracking_uri)
+    items = []
+    for kind, trained in sorted(models.items()):
+        own = {k: v for k, v in metrics.items() if k.startswith(f"{kind}.")}
+        items.append(dict(kind=kind, model_uri=trained.model_uri, run_id=trained.run_id, metrics=own,
+                          data_version={"data_digest": trained.data_digest, **dict(extra_data_version or {})},
+                          tags={"rgops.validation": "passed" if validation.passed else "failed",
+                                "rgops.validation.data_digest": validation.data_digest or ""}))
+    infos = reg.register_all(items)
+    return {i.tags["rgops.kind"]: Candidate(i.tags["rgops.kind"], i.name, i.version, i.metrics) for i in infos}
+
+
+def gate_step(candidate: Candidate, champion: ChampionRecord, params: Mapping[str, Any], *,
+              tracking_uri: str | None = None) -> dict[str, Any]:
+    """Evaluate and record the promotion gates of one candidate; return the report as JSON.
+
+    Raises:
+        PromotionRefused: a gate failed (recorded on the version and in the history first).
+    """
+    from rgops.registry import PromoteConfig, Registry, evaluate_gates
+
+    reg = Registry(tracking_uri)
+    info = reg.version(candidate.name, candidate.version)
+    champ_version = champion.versions.get(candidate.kind)
+    report = evaluate_gates(
+        candidate.kind, candidate.metrics, PromoteConfig.from_params(dict(params)),
+        champion={k: v for k, v in champion.metrics.items() if k.startswith(candidate.kind + ".")}
+        if champ_version else None,
+        champion_version=champ_version, validation=info.tags.get("rgops.validation"),
+        validated_digest=info.tags.get("rgops.validation.data_digest"),
+        data_digest=info.tags.get("rgops.data_digest"),
+        champion_data_digest=champion.data_digest if champ_version else None)
+    if not report.passed:
+        raise reg.refuse(candidate.name, candidate.version, report)
+    reg.record_gates(candidate.name, candidate.version, report)
+    return report.to_json()
+
+
+def gates_markdown(reports: Mapping[str, Mapping[str, Any]]) -> str:
+    """The gate reports (as JSON) as one markdown document: the metric table vs the champion."""
+    from rgops.registry import GateReport
+
+    return "\n\n".join(GateReport.from_json(r).to_markdown() for _, r in sorted(reports.items()))
+
+
+def promote_step(candidate: Candidate, approved: bool, reviewer: str, comment: str = "", *,
+                 tracking_uri: str | None = None) -> str | None:
+    """Record the decision on the candidate and, when approved, move ``@champion`` to it.
+
+    Returns the previous champion version (None when none, or when rejected).
+    """
+    from rgops.registry import Decision, Registry
+
+    return Registry(tracking_uri).decide(candidate.name, candidate.version, Decision(approved, reviewer, comment))
+
+
+def reap_orphan_runs(tracking_uri: str | None = None, experiment: str = "rgops") -> list[str]:
+    """Mark runs whose owning process on this host is gone as FAILED; return their ids."""
+    from rgops.registry import Registry
+
+    return Registry(tracking_uri).reap_orphan_runs(experiment, socket.gethostname())
+
+
+__all__ = ["Candidate", "ChampionRecord", "IngestOutcome", "PromotionRefused", "TrainedModel", "ValidationOutcome",
+           "champion_step", "cohort_fingerprint", "evaluate_step", "gate_step", "gates_markdown", "ingest_step",
+           "owner_tags", "promote_step", "reap_orphan_runs", "register_step", "train_step",
+           "validate_cohort_step", "validate_datasets_step"]
