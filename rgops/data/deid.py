@@ -213,16 +213,18 @@ def _clean(ds: Dataset, key: bytes, pseudo_id: str, seen: set[int]) -> None:
                 elem.value = pseudonymous_uid(str(elem.value), key)
 
 
-def deidentify(ds: Dataset, key: bytes, source_patient_id: str | None = None) -> Dataset:
-    """Return a de-identified copy of ``ds`` (the input is not modified).
+def deidentify(ds: Dataset, key: bytes, source_patient_id: str | None = None,
+               in_place: bool = False) -> Dataset:
+    """Return a de-identified copy of ``ds`` (or ``ds`` itself, cleaned, with ``in_place``).
 
     Args:
         ds: a DICOM dataset (CT slice, SEG, ...), pixel data included or not.
         key: the pseudonymisation key (:func:`rgops.data.pseudonym.load_key`).
         source_patient_id: the source PatientID to pseudonymise; default ``ds.PatientID``.
+        in_place: clean ``ds`` itself instead of a deep copy (ingest: saves copying pixel data).
 
     Returns:
-        The copy, with PatientID/PatientName = ``P-<16 hex>``, UIDs remapped with
+        The dataset, with PatientID/PatientName = ``P-<16 hex>``, UIDs remapped with
         :func:`~rgops.data.pseudonym.pseudonymous_uid`, the Table E.1-1 actions applied
         recursively, private/curve/overlay tags removed and the de-identification flags set.
 
@@ -236,7 +238,8 @@ def deidentify(ds: Dataset, key: bytes, source_patient_id: str | None = None) ->
             "so every CT/SEG file needs one"
         )
     pseudo_id = pseudonymize(source, key)
-    out = copy.deepcopy(ds)  # Dataset.copy() is shallow: sequences would be cleaned in the input too
+    # Dataset.copy() is shallow: its sequences would be cleaned in the input too, so deep copy
+    out = ds if in_place else copy.deepcopy(ds)
     if hasattr(out, "file_meta"):
         if "MediaStorageSOPInstanceUID" in out.file_meta:
             out.file_meta.MediaStorageSOPInstanceUID = pseudonymous_uid(

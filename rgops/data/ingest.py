@@ -37,7 +37,7 @@ from pydicom.dataset import Dataset
 
 from rgops.config import from_dict
 from rgops.data.datasets import SPLITS, Datasets, GenePanel
-from rgops.data.deid import deidentify, find_identifiers
+from rgops.data.deid import deidentify
 from rgops.data.dicom import (
     CTSeries,
     ct_series,
@@ -241,6 +241,11 @@ def _files(folder: Path) -> list[Path]:
 
 
 def _instance_row(pseudo_id: str, ds: Dataset) -> dict[str, Any]:
+    """One row of instances.parquet from a header that :func:`deidentify` has cleaned.
+
+    ``deid_leftovers`` is 0 by construction (``deidentify`` refuses to return a dataset with
+    leftovers); the column lets validation check instance tables from any source.
+    """
     def num(keyword: str, i: int | None = None) -> float | None:
         v = ds.get(keyword)
         if v in (None, ""):
@@ -266,6 +271,7 @@ def _instance_row(pseudo_id: str, ds: Dataset) -> dict[str, Any]:
         "rows": int(ds.get("Rows", 0) or 0),
         "columns": int(ds.get("Columns", 0) or 0),
         "n_frames": int(ds.get("NumberOfFrames", 1) or 1),
+        "instance_number": int(ds.get("InstanceNumber")) if ds.get("InstanceNumber") not in (None, "") else None,
         "bits_stored": int(ds.get("BitsStored", 0) or 0),
         "pixel_spacing_row_mm": num("PixelSpacing", 0),
         "pixel_spacing_col_mm": num("PixelSpacing", 1),
@@ -274,7 +280,7 @@ def _instance_row(pseudo_id: str, ds: Dataset) -> dict[str, Any]:
         "rescale_slope": num("RescaleSlope"),
         "rescale_intercept": num("RescaleIntercept"),
         "patient_identity_removed": str(ds.get("PatientIdentityRemoved", "")),
-        "deid_leftovers": len(find_identifiers(ds)),
+        "deid_leftovers": 0,
     }
 
 
@@ -322,8 +328,8 @@ def ingest_patient(patient_dir: str | Path, config: IngestConfig, key: bytes) ->
         return _skip(result, "patient_id_mismatch",
                      f"{len(ids)} PatientID value(s) in the headers differ from the folder name")
     try:
-        series_de = [([deidentify(ds, key, source_id) for ds in dss], names) for dss, names in series_raw]
-        segs_de = [deidentify(ds, key, source_id) for ds in segs_raw]
+        series_de = [([deidentify(ds, key, source_id, in_place=True) for ds in dss], names) for dss, names in series_raw]
+        segs_de = [deidentify(ds, key, source_id, in_place=True) for ds in segs_raw]
     except DeidentificationError as exc:
         return _skip(result, "bad_dicom", _redact(str(exc), source_id, folder))
     del series_raw, segs_raw, headers
