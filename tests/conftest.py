@@ -18,4 +18,37 @@ os.environ.setdefault("RGOPS_PSEUDONYM_KEY", "test-key-0123456789abcdef-not-secr
 
 # --- cohort fixtures (synthetic cohort) ------------------------------------------------------------
 
+# The tiny cohort: 8 patients, 128 x 128 px at 1.95 mm, 8-16 slices of 2.5 or 5 mm, 200 genes
+# (12 per module). Builds in a few seconds; pixel spacing and thickness pass `validate` ranges.
+TINY_SYNTH = dict(n_patients=8, seed=7, n_genes=200, genes_per_module=12, missing_fraction=0.002,
+                  image_size=128, field_of_view_mm=250.0, min_slices=8, max_slices=16,
+                  slice_thickness_mm=(2.5, 5.0))
+
+
+def build_cohort(root, **overrides):
+    """Write a tiny synthetic cohort to ``root/cohort`` (truth at ``root/cohort-truth``); its Path."""
+    from rgops.data.synth import SynthConfig, generate_cohort
+
+    out = root / "cohort"
+    generate_cohort(out, SynthConfig(**{**TINY_SYNTH, **overrides}))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory):
+    """Path of the session's tiny synthetic cohort (read-only: copy it before corrupting it).
+
+    Its ground truth is at ``<path>-truth`` (ground_truth.json, patients.csv).
+    """
+    return build_cohort(tmp_path_factory.mktemp("tiny-cohort"))
+
+
+@pytest.fixture
+def make_cohort():
+    """Factory ``make_cohort(tmp_path, **overrides) -> Path``: a tiny cohort with SynthConfig overrides.
+
+    Example: ``make_cohort(tmp_path, n_patients=4, seed=3, write_seg=False)``.
+    """
+    return build_cohort
+
 # --- datasets fixtures (ingest) --------------------------------------------------------------------
