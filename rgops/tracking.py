@@ -392,3 +392,24 @@ def load_logged_model(model_uri: str) -> LoadedModel:
         module = mlflow.pytorch.load_model(local, map_location="cpu")
     module.eval()
     return LoadedModel(kind, module, config, panel, card, actual["data/model.pth"], run_id)
+
+
+# --- evaluation (rgops/evaluation/evaluate.py) -----------------------------------------------------
+
+
+def log_evaluation(run_id: str, metrics: Mapping[str, float], files: Mapping[str, str | Path],
+                   report_dir: str | Path) -> None:
+    """Log evaluation metrics and files to an existing run (the evaluated model's).
+
+    Metrics keep their stable flat names (``cae.cv_r2.mean``, ``gan.frechet``, ...). Each file goes
+    under ``evaluation/`` in the run's artifacts, keeping its path relative to ``report_dir`` (so the
+    report's relative figure links still work); files outside it go to ``evaluation/`` directly.
+    """
+    root = Path(report_dir).resolve()
+    with MlflowTracker(run_id=run_id) as tracker:
+        tracker.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)}, step=0)
+        for path in files.values():
+            p = Path(path).resolve()
+            rel = p.parent.relative_to(root) if p.parent.is_relative_to(root) else Path()
+            tracker.log_artifact(p, str(Path("evaluation") / rel) if str(rel) != "." else "evaluation")
+        tracker.set_tags({"rgops.evaluated": "true"})

@@ -245,6 +245,25 @@ def _equal_dim(sets: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
     return {name: A.pca_reduce(x, k)[0] for name, x in sets.items()}
 
 
+def fit_program_head(latent: np.ndarray, targets: np.ndarray, names: Sequence[str],
+                     cfg: EvaluateConfig) -> dict[str, Any]:
+    """A linear map raw latent -> program scores for serving (``rgops.serving.ProgramHead`` JSON).
+
+    Ridge with the penalty chosen by inner CV, fitted on standardised latents of *training*
+    patients and folded back to raw-latent coefficients: ``scores = latent @ coef.T + intercept``.
+    """
+    x, y = np.asarray(latent, dtype=np.float64), np.asarray(targets, dtype=np.float64)
+    alphas = A._choose_alpha(x, y, cfg.alphas, cfg.inner_splits, cfg.seed)
+    mu, sd = x.mean(axis=0), np.where(x.std(axis=0) < 1e-12, 1.0, x.std(axis=0))
+    z = (x - mu) / sd
+    coefs, icpts = [], []
+    for j, a in enumerate(alphas):
+        c, b = A._ridge_fit(z, y[:, j : j + 1], float(a))
+        coefs.append(c[:, 0] / sd)
+        icpts.append(float(b[0] - (mu / sd) @ c[:, 0]))
+    return {"names": list(names), "coef": np.stack(coefs).tolist(), "intercept": icpts}
+
+
 # --- GAN -----------------------------------------------------------------------------------------
 
 
@@ -365,6 +384,7 @@ class EvaluationResult:
     targets: np.ndarray
     strips: dict[str, np.ndarray]
     feature_labels: dict[str, list[str]]
+    program_heads: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The ``evaluation.json`` document the promotion gates read (``metrics`` is flat)."""
@@ -374,7 +394,8 @@ class EvaluationResult:
             if "recovery" in d:
                 entry["recovery"] = d["recovery"]
             sets[name] = entry
-        return {"format": "rgops-evaluation/1", "metrics": self.metrics, "info": self.info, "feature_sets": sets}
+        return {"format": "rgops-evaluation/1", "metrics": self.metrics, "info": self.info, "feature_sets": sets,
+                "program_heads": self.program_heads}
 
 
 def evaluate(
@@ -462,6 +483,15 @@ def evaluate(
     info["radiomics_features"] = len(rad.names)
     info["radiomics_skipped"] = len(rad.skipped)
     sets_all[RADIOMICS] = rad.imputed()
+    heads: dict[str, dict[str, Any]] = {}
+    train_patients = list(dict.fromkeys(pid[train_rows]))
+    if len(train_patients) >= 2 * cfg.inner_splits:
+        for name in encoders:
+            heads[name] = fit_program_head(_by_patient(pid[train_rows], sets_all[name][train_rows], train_patients),
+                                           _by_patient(pid[train_rows], targets_all[train_rows], train_patients),
+                                           target_names, cfg)
+    elif encoders:
+        log.warning("only %d training patients: no program head fitted for serving", len(train_patients))
     dims = [x.shape[1] for name, x in sets_all.items() if name != RADIOMICS]
     k = cfg.equal_dim or (min(dims) if dims else min(32, sets_all[RADIOMICS].shape[1]))
     info["equal_dim"] = k
@@ -524,7 +554,7 @@ def evaluate(
                                  directions, cfg)
         metrics.update(gm)
         report("gan", 1, 1)
-    return EvaluationResult(metrics, info, details, target_names, targets, strips, labels)
+    return EvaluationResult(metrics, info, details, target_names, targets, strips, labels, heads)
 
 
 def write_outputs(result: EvaluationResult, out_json: str | Path, report_dir: str | Path,
@@ -544,3 +574,69 @@ def write_outputs(result: EvaluationResult, out_json: str | Path, report_dir: st
     cfg = cfg or EvaluateConfig()
     files.update(write_report(result, report_dir, cfg.fdr_q, list(cfg.traversal_values)))
     return files
+
+
+def run_evaluation(
+    datasets: str | Path,
+    encoder_uris: Mapping[str, str],
+    gan_uri: str | None = None,
+    cohort: str | Path | None = None,
+    params: Mapping[str, Any] | None = None,
+    out_json: str | Path = "evaluation.json",
+    report_dir: str | Path = "reports/evaluation",
+    log_to_mlflow: bool = True,
+    progress: Progress | None = None,
+) -> EvaluationResult:
+    """What ``rgops evaluate`` does: load the datasets and logged models, evaluate, write the JSON
+    and report, and log metrics and files to the MLflow run of every evaluated model.
+
+    Args:
+        encoder_uris: name -> model URI of a CAE-kind model (``models:/rgops-cae@challenger``,
+            ``runs:/<id>/model``, ...); the name prefixes its metrics (``cae``, ``ae``, ...).
+        gan_uri: model URI of the GAN, or None.
+        cohort: the synthetic cohort folder; its ``COHORT-truth/`` supplies the ground truth.
+        params: the loaded params.yaml (its ``evaluate`` section), or None for defaults.
+
+    Raises:
+        GeneMismatchError: a model's gene panel differs from the datasets'.
+        ConfigError: a URI names a model of the wrong kind.
+    """
+    from rgops import tracking
+    from rgops.data.pseudonym import load_key
+    from rgops.errors import GeneMismatchError
+
+    cfg = EvaluateConfig.from_params(params or {})
+    ds = Datasets.load(datasets)
+    loaded: dict[str, Any] = {}
+    for name, uri in [*encoder_uris.items(), *([("gan", gan_uri)] if gan_uri else [])]:
+        lm = tracking.load_logged_model(uri)
+        want = "gan" if name == "gan" else "cae"
+        if lm.kind != want:
+            raise ConfigError(f"model {uri!r} given as {name!r} is a {lm.kind} model; expected a {want} model")
+        if tuple(lm.panel.genes) != tuple(ds.panel.genes):
+            missing = sorted(set(lm.panel.genes) ^ set(ds.panel.genes))[:10]
+            raise GeneMismatchError(
+                f"model {uri!r} was trained on a gene panel of {len(lm.panel.genes)} genes, the datasets have "
+                f"{len(ds.panel.genes)} (differing: {missing or 'order only'}); evaluate on the datasets it was trained on"
+            )
+        loaded[name] = lm
+    truth = None
+    if cohort is not None:
+        tdir = truth_dir_for(cohort)
+        if tdir.is_dir():
+            truth = GroundTruth.load(tdir, load_key(create=False))
+        else:
+            log.info("no ground truth beside %s (looked for %s): real-data metrics only", cohort, tdir)
+    encoders = {n: lm.module for n, lm in loaded.items() if n != "gan"}
+    result = evaluate(ds, encoders, gan=loaded["gan"].module if "gan" in loaded else None, truth=truth, cfg=cfg,
+                      progress=progress)
+    result.info["models"] = {n: {"uri": encoder_uris.get(n, gan_uri), "run_id": lm.run_id,
+                                 "weights_sha256": lm.weights_sha256} for n, lm in loaded.items()}
+    files = write_outputs(result, out_json, report_dir, cfg)
+    if log_to_mlflow:
+        heads_file = Path(report_dir) / "program_heads.json"
+        heads_file.write_text(json.dumps(result.program_heads))
+        files["program_heads"] = heads_file
+        for run_id in dict.fromkeys(lm.run_id for lm in loaded.values()):
+            tracking.log_evaluation(run_id, result.metrics, files, Path(report_dir))
+    return result

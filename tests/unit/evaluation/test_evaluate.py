@@ -117,3 +117,19 @@ def test_too_few_heldout_patients(cohort):
         evaluate(ds, cfg=EvaluateConfig(n_splits=25))
     with pytest.raises(ConfigError, match="reserved"):
         evaluate(ds, {"radiomics": None})
+
+
+def test_program_head_is_a_serving_linear_map(result):
+    from rgops.evaluation.evaluate import fit_program_head
+    from rgops.serving import ProgramHead
+
+    res, _ = result
+    head = ProgramHead.from_json(res.program_heads["ae"])
+    assert head.names == PROGRAMS and head.coef.shape == (3, 4)
+    assert set(res.to_json()["program_heads"]) == {"cae", "ae"}
+    # raw-scale latents with a known linear map: the folded-back coefficients reproduce it
+    rng = np.random.default_rng(1)
+    lat = rng.standard_normal((60, 3)) * np.array([10.0, 0.1, 1.0]) + 5.0
+    y = np.column_stack([0.2 * lat[:, 0] - 30 * lat[:, 1] + 3, lat[:, 2]])
+    known = ProgramHead.from_json(fit_program_head(lat, y, ["a", "b"], EvaluateConfig(alphas=(1e-6,))))
+    np.testing.assert_allclose(known(lat), y, atol=1e-3)
