@@ -52,3 +52,20 @@ def make_cohort():
     return build_cohort
 
 # --- datasets fixtures (ingest) --------------------------------------------------------------------
+
+#: Key of the session's pseudonyms (the RGOPS_PSEUDONYM_KEY set above): tests that link truth rows
+#: to datasets rows pseudonymise ``patient_id`` with it.
+TINY_KEY = os.environ["RGOPS_PSEUDONYM_KEY"].encode()
+
+
+@pytest.fixture(scope="session")
+def tiny_datasets(tiny_cohort, tmp_path_factory):
+    """Path of the datasets folder ingested from ``tiny_cohort`` (defaults of IngestConfig, S=64).
+
+    Read-only: copy it before changing it. ``ingest_report.json`` and ``instances.parquet`` are in it.
+    """
+    from rgops.data.ingest import IngestConfig, ingest_cohort
+
+    out = tmp_path_factory.mktemp("tiny-datasets") / "datasets"
+    ingest_cohort(tiny_cohort, out, IngestConfig(), key=TINY_KEY)
+    return out
