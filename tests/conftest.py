@@ -69,3 +69,46 @@ def tiny_datasets(tiny_cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-datasets") / "datasets"
     ingest_cohort(tiny_cohort, out, IngestConfig(), key=TINY_KEY)
     return out
+
+# --- training fixtures (models, training, tracking) ------------------------------------------------
+
+
+def make_training_datasets(n: int = 24, size: int = 64, n_genes: int = 12, seed: int = 0):
+    """An in-memory Datasets: a disc whose radius follows gene 0 on noise, splits 16/4/4 of 24."""
+    import numpy as np
+    import pandas as pd
+
+    from rgops.data.datasets import Datasets, GenePanel
+
+    rng = np.random.default_rng(seed)
+    genes = rng.standard_normal((n, n_genes)).astype(np.float32)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    radius = size * (0.18 + 0.06 * np.tanh(genes[:, 0]))
+    inside = (yy[None] ** 2 + xx[None] ** 2) < radius[:, None, None] ** 2
+    patches = np.where(inside, 0.3, -0.8) + 0.05 * rng.standard_normal((n, size, size))
+    patches = np.clip(patches, -1, 1).astype(np.float32)[:, None]
+    splits = (["train", "train", "train", "train", "val", "test"] * n)[:n]
+    manifest = pd.DataFrame({"pseudo_id": [f"P-{i:016x}" for i in range(n)], "split": splits})
+    panel = GenePanel(tuple(f"GENE{j}" for j in range(n_genes)), np.zeros(n_genes), np.ones(n_genes), n_train=n)
+    return Datasets(patches, inside[:, None].astype(np.uint8), genes, manifest, panel)
+
+
+def write_training_datasets(ds, root):
+    """Write an in-memory Datasets as a datasets folder (the layout `rgops ingest` writes)."""
+    import numpy as np
+    import pandas as pd
+
+    root.mkdir(parents=True, exist_ok=True)
+    np.save(root / "patches.npy", ds.patches)
+    np.save(root / "masks.npy", ds.masks)
+    pd.DataFrame(ds.genes, columns=list(ds.panel.genes), index=pd.Index(ds.manifest["pseudo_id"], name="pseudo_id")
+                 ).to_parquet(root / "genes.parquet")
+    ds.panel.save(root / "gene_panel.json")
+    ds.manifest.to_parquet(root / "manifest.parquet")
+    return root
+
+
+@pytest.fixture(scope="session")
+def train_datasets_dir(tmp_path_factory):
+    """Path of a small datasets folder for training tests (24 patients, S=64, 12 genes)."""
+    return write_training_datasets(make_training_datasets(), tmp_path_factory.mktemp("train-datasets") / "datasets")
