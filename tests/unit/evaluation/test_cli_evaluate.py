@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -13,6 +15,31 @@ from typer.testing import CliRunner
 from rgops.cli import app
 
 REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def train_datasets_dir(tmp_path_factory):
+    """A datasets folder as `rgops ingest` writes it: 24 patients (16 train, 8 held out), S=32,
+    12 genes, a disc whose radius follows gene 0."""
+    from rgops.data.datasets import GenePanel
+
+    rng = np.random.default_rng(0)
+    n, s, g = 24, 32, 12
+    genes = rng.standard_normal((n, g)).astype(np.float32)
+    yy, xx = np.mgrid[:s, :s] - (s - 1) / 2
+    inside = (yy[None] ** 2 + xx[None] ** 2) < (s * (0.18 + 0.06 * np.tanh(genes[:, 0])))[:, None, None] ** 2
+    patches = np.clip(np.where(inside, 0.3, -0.8) + 0.05 * rng.standard_normal((n, s, s)), -1, 1)
+    ids = [f"P-{i:016x}" for i in range(n)]
+    root = tmp_path_factory.mktemp("eval-datasets") / "datasets"
+    root.mkdir()
+    np.save(root / "patches.npy", patches.astype(np.float32)[:, None])
+    np.save(root / "masks.npy", inside[:, None].astype(np.uint8))
+    names = [f"GENE{j}" for j in range(g)]
+    pd.DataFrame(genes, columns=names, index=pd.Index(ids, name="pseudo_id")).to_parquet(root / "genes.parquet")
+    GenePanel(tuple(names), np.zeros(g), np.ones(g), n_train=16).save(root / "gene_panel.json")
+    split = (["train", "train", "val", "test"] * n)[:n]
+    pd.DataFrame({"pseudo_id": ids, "split": split}).to_parquet(root / "manifest.parquet")
+    return root
 
 
 @pytest.fixture
@@ -30,6 +57,7 @@ def store(tmp_path, monkeypatch, train_datasets_dir):
     return params_path, runs
 
 
+@pytest.mark.slow
 def test_evaluate_command_logs_to_model_runs(store, train_datasets_dir, tmp_path):
     import mlflow
     from mlflow import MlflowClient
