@@ -30,7 +30,7 @@ from rgops.errors import ShapeError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-2, 4, 13))
+DEFAULT_ALPHAS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
 
 
 def _as_2d(name: str, a: np.ndarray) -> np.ndarray:
