@@ -35,8 +35,11 @@ import re
 from collections.abc import Iterable
 from typing import Literal
 
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import BaseTag
 
 from rgops.data.pseudonym import pseudonymize, pseudonymous_uid
 from rgops.errors import DeidentificationError
@@ -175,34 +178,55 @@ def _is_curve_or_overlay(tag: int) -> bool:
     return 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF
 
 
+def _vr(ds: Dataset, tag: BaseTag) -> str:
+    """VR of an element without converting a raw element's value (implicit VR: dictionary VR)."""
+    vr = ds.get_item(tag).VR
+    if vr:
+        return str(vr)
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+
+
+def _is_empty(ds: Dataset, tag: BaseTag) -> bool:
+    item = ds.get_item(tag)
+    if isinstance(item, DataElement):
+        return bool(item.is_empty)
+    return item.length == 0 or not item.value  # raw element: its bytes
+
+
 def _clean(ds: Dataset, key: bytes, pseudo_id: str, seen: set[int]) -> None:
     """Apply the action table to ``ds`` in place, recursing into kept sequences.
 
     ``seen`` holds the ids of items already cleaned: writers (highdicom among them) may put the
-    same item object in several sequences, and a UID must be remapped exactly once.
+    same item object in several sequences, and a UID must be remapped exactly once. Elements
+    are looked up by tag and only those the table touches are decoded (pixel data and most of a
+    header stay raw bytes), which keeps de-identification cheap.
     """
     if id(ds) in seen:
         return
     seen.add(id(ds))
-    for elem in list(ds):
-        tag = int(elem.tag)
-        if elem.tag.is_private or _is_curve_or_overlay(tag):
-            del ds[elem.tag]
+    for tag in list(ds.keys()):
+        if tag.is_private or _is_curve_or_overlay(int(tag)):
+            del ds[tag]
             continue
-        keyword = elem.keyword
-        action = ACTIONS.get(keyword)
+        action = ACTIONS.get(keyword_for_tag(tag))
         if action is None:
-            if elem.VR == "SQ":
-                for item in elem.value:
+            vr = _vr(ds, tag)
+            if vr == "SQ":
+                for item in ds[tag].value:
                     _clean(item, key, pseudo_id, seen)
-            elif elem.VR == "PN":
-                elem.value = ""
-            elif elem.VR in ("DA", "DT"):
-                del ds[elem.tag]
+            elif vr == "PN" and not _is_empty(ds, tag):
+                ds[tag].value = ""
+            elif vr in ("DA", "DT"):
+                del ds[tag]
             continue
         if action == "X":
-            del ds[elem.tag]
-        elif action == "Z":
+            del ds[tag]
+            continue
+        elem = ds[tag]
+        if action == "Z":
             elem.value = DicomSequence([]) if elem.VR == "SQ" else ""
         elif action == "D":  # only PatientName/PatientID: the dummy is the pseudonym
             elem.value = pseudo_id
@@ -266,13 +290,43 @@ def deidentify(ds: Dataset, key: bytes, source_patient_id: str | None = None,
     return out
 
 
-def _walk(ds: Dataset, path: str = "") -> Iterable[tuple[str, object]]:
-    for elem in ds:
-        where = f"{path}{elem.keyword or str(elem.tag)}"
-        yield where, elem
-        if elem.VR == "SQ" and elem.value is not None:
-            for i, item in enumerate(elem.value):
-                yield from _walk(item, f"{where}[{i}].")
+def _check(ds: Dataset, path: str, needles: list[str], found: list[str], seen: set[int]) -> None:
+    if id(ds) in seen:
+        return
+    seen.add(id(ds))
+    for tag in ds.keys():
+        kw = keyword_for_tag(tag)
+        where = f"{path}{kw or str(tag)}"
+        if tag.is_private:
+            found.append(f"{where}: private tag")
+            continue
+        if _is_curve_or_overlay(int(tag)):
+            found.append(f"{where}: curve/overlay")
+            continue
+        vr = _vr(ds, tag)
+        if kw in _REMOVED:
+            found.append(f"{where}: present")
+        elif kw in _EMPTY_MUST:
+            if not _is_empty(ds, tag):
+                found.append(f"{where}: not empty")
+        elif kw in ("PatientID", "PatientName"):
+            if not _PSEUDO_RE.match(str(ds[tag].value or "")):
+                found.append(f"{where}: not a pseudonym")
+        elif vr == "PN":
+            if not _is_empty(ds, tag) and not _PSEUDO_RE.match(str(ds[tag].value)):
+                found.append(f"{where}: person name")
+        elif kw in _DUMMY_UID_KEYWORDS and not _is_empty(ds, tag):
+            value = ds[tag].value
+            values = value if isinstance(value, (list, tuple)) or ds[tag].VM > 1 else [value]
+            if not all(_KEYED_UID_RE.match(str(v)) for v in values):
+                found.append(f"{where}: UID not remapped")
+        if vr == "SQ":
+            for i, item in enumerate(ds[tag].value or []):
+                _check(item, f"{where}[{i}].", needles, found, seen)
+        elif needles and vr not in ("OB", "OW", "OF", "OD", "OL", "OV", "UN"):
+            text = str(ds[tag].value).lower()
+            if any(n in text for n in needles):
+                found.append(f"{where}: holds a planted identifier")
 
 
 def find_identifiers(ds: Dataset, planted: Iterable[str] = ()) -> list[str]:
@@ -281,41 +335,16 @@ def find_identifiers(ds: Dataset, planted: Iterable[str] = ()) -> list[str]:
     Checks, recursively: private, curve and overlay tags; Table E.1-1 attributes that must be
     removed (present) or emptied (non-empty); person names other than the pseudonym; PatientID
     not a pseudonym; UIDs of the table not keyed (``2.25.``); PatientIdentityRemoved not ``YES``;
-    and any element whose text contains one of the ``planted`` strings (case-insensitive).
+    and any text element that contains one of the ``planted`` strings (case-insensitive).
 
     Returns:
         Human-readable locations (``"InstitutionName: present"``), empty when clean. Values are
         never included, so the result can be logged.
     """
     found: list[str] = []
-    needles = [p.lower() for p in planted if p]
     if str(ds.get("PatientIdentityRemoved", "")) != "YES":
         found.append("PatientIdentityRemoved: not YES")
-    for where, elem in _walk(ds):
-        kw = elem.keyword
-        if elem.tag.is_private:
-            found.append(f"{where}: private tag")
-            continue
-        if _is_curve_or_overlay(int(elem.tag)):
-            found.append(f"{where}: curve/overlay")
-            continue
-        if kw in _REMOVED:
-            found.append(f"{where}: present")
-        elif kw in _EMPTY_MUST and elem.value not in (None, "", b"") and not (
-                elem.VR == "SQ" and len(elem.value) == 0):
-            found.append(f"{where}: not empty")
-        elif kw in ("PatientID", "PatientName") and not _PSEUDO_RE.match(str(elem.value or "")):
-            found.append(f"{where}: not a pseudonym")
-        elif elem.VR == "PN" and elem.value and not _PSEUDO_RE.match(str(elem.value)):
-            found.append(f"{where}: person name")
-        elif kw in _DUMMY_UID_KEYWORDS and elem.value:
-            values = elem.value if isinstance(elem.value, (list, tuple)) or elem.VM > 1 else [elem.value]
-            if not all(_KEYED_UID_RE.match(str(v)) for v in values):
-                found.append(f"{where}: UID not remapped")
-        if needles and elem.VR not in ("SQ", "OB", "OW", "OF", "OD", "OL", "UN"):
-            text = str(elem.value).lower()
-            if any(n in text for n in needles):
-                found.append(f"{where}: holds a planted identifier")
+    _check(ds, "", [p.lower() for p in planted if p], found, set())
     fm = getattr(ds, "file_meta", None)
     if fm is not None and "MediaStorageSOPInstanceUID" in fm and not _KEYED_UID_RE.match(
             str(fm.MediaStorageSOPInstanceUID)):
