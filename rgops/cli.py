@@ -145,6 +145,39 @@ def ingest_cmd(
 
 # --- validation ----------------------------------------------------------------------------------
 
+
+@app.command("validate")
+@handles_errors
+def validate_cmd(
+    cohort: Optional[Path] = typer.Argument(None, help="Raw cohort folder (ct/, genes.tsv, clinical.csv)."),
+    datasets: Optional[Path] = typer.Option(None, "--datasets", help="Validate an ingested datasets folder instead."),
+    json_out: Optional[Path] = typer.Option(None, "--json-out", help="Write the JSON result here."),
+    docs_out: Optional[Path] = typer.Option(None, "--docs-out", help="Write Great Expectations Data Docs (HTML) here."),
+    params: Path = ParamsOpt,
+) -> None:
+    """Run the expectation suites; print a summary; exit 1 when a critical expectation fails."""
+    from rgops.config import load_params
+    from rgops.errors import ConfigError, DataValidationError
+    from rgops.validation import ValidateConfig, validate_cohort, validate_datasets, write_json
+
+    if (cohort is None) == (datasets is None):
+        raise ConfigError("pass either a COHORT folder or --datasets DIR (exactly one); "
+                          f"got cohort={cohort}, datasets={datasets}")
+    config = ValidateConfig.from_params(load_params(params))
+    if cohort is not None:
+        with progress() as bar:
+            task = bar.add_task("validate: read headers", total=None)
+            report = validate_cohort(cohort, config, docs_out,
+                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
+    else:
+        report = validate_datasets(datasets, config, docs_out)  # type: ignore[arg-type]
+    if json_out is not None:
+        write_json(report, json_out)
+    typer.echo(report.summary())
+    if not report.passed:
+        names = ", ".join(sorted({o.label for o in report.critical_failures}))
+        raise DataValidationError(f"{len(report.critical_failures)} critical expectation(s) failed: {names}")
+
 # --- training ------------------------------------------------------------------------------------
 
 train_app = typer.Typer(help="Train the conditional autoencoder or the conditional GAN (tracked in MLflow).",

@@ -1,8 +1,8 @@
 """Runner: corrupted cohorts are caught by the expected expectation, with the offending id.
 
-One synthetic cohort (the real generator, 10 tiny patients) is validated clean, then copied and
-corrupted once per rule on a different patient or gene, so one validation run checks every rule
-and each rule's test checks that the right expectation names the right id.
+The session's tiny synthetic cohort (8 patients) is validated clean, then copied and corrupted
+once per rule on a different patient or gene, so one validation run checks every rule and each
+rule's test checks that the right expectation names the right id.
 """
 
 from __future__ import annotations
@@ -16,29 +16,21 @@ import pandas as pd
 import pydicom
 import pytest
 
+from rgops.config import load_params
 from rgops.data.deid import deidentify
 from rgops.data.pseudonym import load_key, pseudonymize
 from rgops.errors import DatasetError
 from rgops.validation import ValidateConfig, validate_cohort, validate_datasets, write_json
 from rgops.validation.runner import validate_tables
 
-N_PATIENTS = 10
-
-
-@pytest.fixture(scope="module")
-def clean_cohort(tmp_path_factory) -> Path:
-    from rgops.data.synth import SynthConfig, generate_cohort
-
-    out = tmp_path_factory.mktemp("validation") / "cohort"
-    cfg = SynthConfig(n_patients=N_PATIENTS, seed=11, n_genes=60, genes_per_module=4, image_size=64,
-                      field_of_view_mm=100.0, min_slices=5, max_slices=8)
-    generate_cohort(out, cfg)
-    return out
+N_PATIENTS = 8  # tests/conftest.py TINY_SYNTH
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
 def config() -> ValidateConfig:
-    return ValidateConfig(required_genes=("MKI67", "CA9", "VIM", "EGFR"))
+    """The repository's own thresholds (params.yaml ``validate:``)."""
+    return ValidateConfig.from_params(load_params(REPO / "params.yaml"))
 
 
 def _patients(cohort: Path) -> list[str]:
@@ -83,29 +75,29 @@ def _corrupt(cohort: Path) -> dict[str, str]:
     nan_gene, text_gene = genes["gene_symbol"].iloc[5], genes["gene_symbol"].iloc[7]
     genes.iloc[5, 1: 1 + int(0.6 * N_PATIENTS)] = ""
     genes.loc[7, p[5]] = "high"
-    genes = genes.drop(columns=[p[9]])
+    genes = genes.drop(columns=[p[0]])
     header = [c if c != p[6] else p[7] for c in genes.columns]  # p[6]'s sample relabelled as p[7]
     genes.to_csv(cohort / "genes.tsv", sep="\t", index=False, header=header)
     # clinical: out-of-vocabulary smoking status
     clinical = pd.read_csv(cohort / "clinical.csv", dtype=str, keep_default_na=False)
-    clinical.loc[clinical["patient_id"] == p[8], "smoking_status"] = "sometimes"
+    clinical.loc[clinical["patient_id"] == p[5], "smoking_status"] = "sometimes"
     clinical.to_csv(cohort / "clinical.csv", index=False)
     return {"wrong_modality": p[0], "missing_seg": p[1], "seg_other_series": p[2], "spacing": p[3],
-            "leftover_name": p[4], "non_numeric_sample": p[5], "duplicate_sample": p[7], "no_genes": p[9],
-            "vocabulary": p[8], "nan_gene": nan_gene, "non_numeric_gene": text_gene}
+            "leftover_name": p[4], "non_numeric_sample": p[5], "duplicate_sample": p[7], "no_genes": p[0],
+            "vocabulary": p[5], "nan_gene": nan_gene, "non_numeric_gene": text_gene}
 
 
 @pytest.fixture(scope="module")
-def corrupted(clean_cohort, config, tmp_path_factory):
+def corrupted(tiny_cohort, config, tmp_path_factory):
     bad = tmp_path_factory.mktemp("corrupted") / "cohort"
-    shutil.copytree(clean_cohort, bad)
+    shutil.copytree(tiny_cohort, bad)
     offenders = _corrupt(bad)
     report = validate_cohort(bad, config)
     return report, offenders
 
 
-def test_clean_synthetic_cohort_passes(clean_cohort, config):
-    report = validate_cohort(clean_cohort, config)
+def test_clean_synthetic_cohort_passes(tiny_cohort, config):
+    report = validate_cohort(tiny_cohort, config)
     assert report.passed, report.summary()
     assert not report.warnings, report.summary()
     assert report.tables["imaging"] > N_PATIENTS and report.tables["linkage"] == N_PATIENTS
@@ -151,9 +143,9 @@ def test_corrupted_cohort_fails_and_counts_drops(corrupted):
     key = load_key()
     assert pseudonymize(offenders["no_genes"], key) in report.linkage["no_genes"]
     assert pseudonymize(offenders["missing_seg"], key) in report.linkage["no_segmentation"]
-    # 4 of 10 unlinked (no SEG, foreign SEG, relabelled sample, dropped sample): linked fraction 0.6
+    # 4 of 8 unlinked (dropped sample, no SEG, foreign SEG, relabelled sample): linked fraction 0.5
     linked = report.failed("linkage", "linked")[0]
-    assert linked.observed == pytest.approx(0.6) and linked.severity == "critical"
+    assert linked.observed == pytest.approx(0.5) and linked.severity == "critical"
 
 
 def test_outputs_name_patients_by_pseudonym_only(corrupted, tmp_path):
