@@ -72,7 +72,9 @@ def sha256_file(path: str | Path) -> str:
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
-    """The checked-out commit, with ``-dirty`` when tracked files changed; ``unknown`` outside git."""
+    """The commit of the rgops code (or of ``cwd``), with ``-dirty`` when tracked files changed;
+    ``unknown`` outside git (an installed wheel)."""
+    cwd = cwd if cwd is not None else Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True,
                               timeout=10).stdout.strip()
