@@ -99,6 +99,50 @@ def _choose_alpha(x: np.ndarray, y: np.ndarray, alphas: Sequence[float], inner_s
     return np.asarray(alphas)[sse.argmin(axis=0)]
 
 
+@dataclass(frozen=True)
+class RidgeFit:
+    """Ridge models of every target on standardised features (per-target penalties)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray  # (p, q) on standardised features
+    intercept: np.ndarray  # (q,)
+    alphas: np.ndarray  # (q,)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """``(n, p)`` raw features -> ``(n, q)`` predictions."""
+        return ((np.asarray(x, dtype=np.float64) - self.mean) / self.scale) @ self.coef + self.intercept
+
+    def raw_coefficients(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(coef (q, p), intercept (q,))`` acting on raw features: ``x @ coef.T + intercept``."""
+        coef = self.coef / self.scale[:, None]
+        return coef.T, self.intercept - (self.mean / self.scale) @ self.coef
+
+
+def fit_ridge(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    inner_splits: int = 3,
+    seed: int = 0,
+) -> RidgeFit:
+    """Ridge of each column of ``y`` on standardised ``x``, each penalty chosen by an
+    ``inner_splits``-fold CV on these rows only (use it on training rows)."""
+    x, y = _as_2d("image features", x), _as_2d("targets", y)
+    _check_rows(x, y, 2 * inner_splits)
+    chosen = _choose_alpha(x, y, alphas, inner_splits, seed)
+    mu = x.mean(axis=0)
+    sd = np.where(x.std(axis=0) < 1e-12, 1.0, x.std(axis=0))
+    z = (x - mu) / sd
+    coefs, icpts = [], []
+    for j, a in enumerate(chosen):
+        c, b = _ridge_fit(z, y[:, j : j + 1], float(a))
+        coefs.append(c[:, 0])
+        icpts.append(float(b[0]))
+    return RidgeFit(mu, sd, np.stack(coefs, axis=1), np.asarray(icpts), np.asarray(chosen, dtype=np.float64))
+
+
 def ridge_cv_predictions(
     x: np.ndarray,
     y: np.ndarray,

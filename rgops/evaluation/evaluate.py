@@ -252,16 +252,9 @@ def fit_program_head(latent: np.ndarray, targets: np.ndarray, names: Sequence[st
     Ridge with the penalty chosen by inner CV, fitted on standardised latents of *training*
     patients and folded back to raw-latent coefficients: ``scores = latent @ coef.T + intercept``.
     """
-    x, y = np.asarray(latent, dtype=np.float64), np.asarray(targets, dtype=np.float64)
-    alphas = A._choose_alpha(x, y, cfg.alphas, cfg.inner_splits, cfg.seed)
-    mu, sd = x.mean(axis=0), np.where(x.std(axis=0) < 1e-12, 1.0, x.std(axis=0))
-    z = (x - mu) / sd
-    coefs, icpts = [], []
-    for j, a in enumerate(alphas):
-        c, b = A._ridge_fit(z, y[:, j : j + 1], float(a))
-        coefs.append(c[:, 0] / sd)
-        icpts.append(float(b[0] - (mu / sd) @ c[:, 0]))
-    return {"names": list(names), "coef": np.stack(coefs).tolist(), "intercept": icpts}
+    fit = A.fit_ridge(latent, targets, alphas=cfg.alphas, inner_splits=cfg.inner_splits, seed=cfg.seed)
+    coef, intercept = fit.raw_coefficients()
+    return {"names": list(names), "coef": coef.tolist(), "intercept": intercept.tolist()}
 
 
 # --- GAN -----------------------------------------------------------------------------------------
@@ -328,23 +321,13 @@ def gan_metrics(
     # Conditional consistency: regressor on real training images, applied to images generated from
     # held-out profiles, correlated with those profiles' programs.
     tr_x = real_feats[: len(train_rows)]
-    tr_y = target_rows(train_rows)
-    alpha = A._choose_alpha(tr_x, tr_y, cfg.alphas, cfg.inner_splits, cfg.seed)
+    regressor = A.fit_ridge(tr_x, target_rows(train_rows), alphas=cfg.alphas, inner_splits=cfg.inner_splits,
+                            seed=cfg.seed)
     gen_eval = _generate(generator, ds.genes[eval_rows], _noise(len(eval_rows), z_dim, cfg.seed + 1), cfg.batch_size)
-    ev_x = featurise(gen_eval)
-    xs_tr, xs_ev = A._standardise(tr_x, ev_x)
-    pred = np.column_stack([
-        (xs_ev @ coef + icpt)[:, 0]
-        for coef, icpt in (A._ridge_fit(xs_tr, tr_y[:, j : j + 1], float(al)) for j, al in enumerate(alpha))
-    ])
-    cons = M.conditional_consistency(pred, target_rows(eval_rows))
+    cons = M.conditional_consistency(regressor.predict(featurise(gen_eval)), target_rows(eval_rows))
     m["gan.cond_consistency"] = float(np.mean(cons))
     # The same regressor on the real held-out images: the ceiling consistency can reach.
-    xs_tr, xs_real = A._standardise(tr_x, featurise(ds.patches[eval_rows]))
-    pred_real = np.column_stack([
-        (xs_real @ coef + icpt)[:, 0]
-        for coef, icpt in (A._ridge_fit(xs_tr, tr_y[:, j : j + 1], float(al)) for j, al in enumerate(alpha))
-    ])
+    pred_real = regressor.predict(featurise(ds.patches[eval_rows]))
     m["gan.cond_consistency_real"] = float(np.mean(M.conditional_consistency(pred_real, target_rows(eval_rows))))
 
     # Diversity: samples of one profile, pairwise MS-SSIM; the real patches of different patients

@@ -220,3 +220,14 @@ def test_module_enrichment_allows_for_correlated_module_genes():
         assert res["vif"] > 3
     assert naive / reps > 0.25
     assert camera / reps < 0.15
+
+
+def test_fit_ridge_predicts_and_folds_back_to_raw_scale():
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((80, 3)) * np.array([5.0, 0.2, 1.0]) + 2.0
+    y = np.column_stack([x[:, 0] - 10 * x[:, 1], rng.standard_normal(80)])
+    fit = A.fit_ridge(x, y, alphas=(1e-6, 1e3))
+    assert fit.alphas[0] == 1e-6 and fit.alphas[1] == 1e3  # inner CV: tiny penalty for signal, big for noise
+    np.testing.assert_allclose(fit.predict(x)[:, 0], y[:, 0], atol=1e-3)
+    coef, icpt = fit.raw_coefficients()
+    np.testing.assert_allclose(x @ coef.T + icpt, fit.predict(x), atol=1e-9)
