@@ -67,7 +67,8 @@ class ServeConfig:
         max_files: most DICOM files one extraction request may carry (after unzipping).
         max_samples: most images one generation request may ask for.
         max_batch_size: adaptive batching: most patches the server encodes in one model call.
-        max_latency_ms: adaptive batching: longest a request waits for others to batch with.
+        max_latency_ms: adaptive batching: BentoML's latency budget per request; requests it
+            predicts would exceed it are shed with 503, so on a CPU keep it well above one batch's time.
         reload_poll_s: seconds between checks whether the alias moved (0: only the admin route).
         traversal_steps: images in a gene-traversal strip.
         traversal_span: the strip shifts the chosen genes from -span to +span (z-score units).
@@ -80,7 +81,7 @@ class ServeConfig:
     max_files: int = 2000
     max_samples: int = 16
     max_batch_size: int = 32
-    max_latency_ms: int = 20
+    max_latency_ms: int = 10000
     reload_poll_s: float = 30.0
     traversal_steps: int = 7
     traversal_span: float = 2.0

@@ -280,3 +280,29 @@ def test_reload_follows_the_alias(server) -> None:
         r = c.post("/admin/reload")
         assert r.status_code == 200 and r.json()["models"]["rgops-cae"] == {"version": cae_v2, "changed": True}
         assert c.get("/metadata").json()["models"]["rgops-cae"]["version"] == cae_v2
+
+
+def test_bentoml_sync_client_as_in_the_readme(server, tmp_path) -> None:
+    import bentoml
+
+    base = server[0]
+    files, _ = _series_files()
+    zpath = tmp_path / "study.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for n, b in files:
+            zf.writestr(n, b)
+    with bentoml.SyncHTTPClient(base, token=KEY, timeout=60) as client:
+        feats = client.extract(files=[zpath])
+        out = client.generate(profile={g: 2.0 for g in GENES[:3]}, impute=True, n_samples=1, dicom=True)
+    assert len(feats["latent"]) == 4
+    assert out["imputed_genes"] == list(GENES[3:])
+    assert pydicom.dcmread(io.BytesIO(base64.b64decode(out["dicom"][0]))).PatientName == "SYNTHETIC"
+
+
+def test_bounded_load_has_no_errors(server) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from load import run_load
+
+    res = run_load(server[0], KEY, clients=8, seconds=5, patch_size=S, genes=list(GENES))
+    assert res["requests"] > 8 and res["errors"] == 0, res["error_examples"]
+    assert res["all"]["p99_ms"] > 0
