@@ -586,6 +586,9 @@ def _seg_dataset(config: SynthConfig, p: Any, phi: _Phi, sources: list[Any], mas
 # The cohort
 
 
+_IN_PROGRESS = ".rgops-synth-in-progress"
+
+
 def _prepare(folder: Path, marker: str, overwrite: bool) -> None:
     if folder.exists() and not folder.is_dir():
         raise CohortError(f"{str(folder)!r} exists and is not a folder; choose another output path")
@@ -593,7 +596,8 @@ def _prepare(folder: Path, marker: str, overwrite: bool) -> None:
         if not overwrite:
             raise CohortError(f"output folder {str(folder)!r} is not empty; choose an empty or new folder, "
                               "or pass --force to replace a cohort written before")
-        if not (folder / marker).is_file():
+        # A run that stopped half-way leaves the in-progress marker instead of the final one.
+        if not (folder / marker).is_file() and not (folder / _IN_PROGRESS).is_file():
             raise CohortError(f"refusing to replace {str(folder)!r}: it is not empty and has no {marker}, so it "
                               "was not written by `rgops synth`; remove it yourself or choose another path")
         shutil.rmtree(folder)
@@ -636,6 +640,8 @@ def generate_cohort(
                           "ingest must never see the truth")
     _prepare(out, "cohort.json", overwrite)
     _prepare(truth, "ground_truth.json", overwrite)
+    for folder in (out, truth):
+        (folder / _IN_PROGRESS).touch()
 
     patients = sample_patients(config)
     clinical = sample_clinical(config, patients)
@@ -686,6 +692,8 @@ def generate_cohort(
     cols = ["patient_id", *PROGRAMS, *PHENOTYPES, "site"]
     patients[cols].to_csv(truth / "patients.csv", index=False, float_format="%.6g", lineterminator="\n")
 
+    for folder in (out, truth):
+        (folder / _IN_PROGRESS).unlink()
     seconds = time.perf_counter() - t0
     log.info("synthetic cohort: %d patients, %d series, %d instances, %d genes in %.1f s -> %s (truth %s)",
              n, series, instances, config.n_genes, seconds, out, truth)

@@ -284,10 +284,15 @@ def test_refuses_non_empty_output_unless_forced_on_a_cohort(tmp_path: Path) -> N
         generate_cohort(other, config, overwrite=True)
     assert (other / "keep.txt").is_file()
     out = tmp_path / "cohort"
-    first = generate_cohort(out, config)
-    assert first["patients"] == 1 and first["instances"] >= 2
+    calls: list[tuple[int, int]] = []
+    first = generate_cohort(out, config, progress=lambda done, total: calls.append((done, total)))
+    assert first["patients"] == 1 and first["instances"] >= 2 and calls == [(1, 1)]
+    assert not any(p.name.startswith(".rgops-synth") for p in tmp_path.rglob("*"))
     with pytest.raises(CohortError):
         generate_cohort(out, config)
+    assert generate_cohort(out, config, overwrite=True)["patients"] == 1
+    (out / "cohort.json").unlink()
+    (out / ".rgops-synth-in-progress").touch()  # a run that stopped half-way may be replaced
     assert generate_cohort(out, config, overwrite=True)["patients"] == 1
     with pytest.raises(CohortError, match="inside the cohort"):
         generate_cohort(tmp_path / "x", config, truth_out=tmp_path / "x" / "truth")
