@@ -337,7 +337,12 @@ def ingest_patient(patient_dir: str | Path, config: IngestConfig, key: bytes) ->
     result.instances += [_instance_row(pid, ds) for ds in segs_de]
 
     # the SEG decides which series is the tumour's; a lone series is checked by the SEG itself
-    seg = segs_de[0]
+    series_uids = {str(dss[0].get("SeriesInstanceUID", "")) for dss, _ in series_de}
+    seg_idx = next((i for i, s in enumerate(segs_de) if referenced_series_uids(s) & series_uids), 0)
+    seg = segs_de[seg_idx]
+    if len(segs_de) > 1:
+        log.info("patient %s has %d SEG files; using the first that references one of its CT series",
+                 pid, len(segs_de))
     refs = referenced_series_uids(seg)
     chosen = [s for s in series_de if str(s[0][0].get("SeriesInstanceUID", "")) in refs] if refs else []
     if not chosen:
@@ -353,7 +358,7 @@ def ingest_patient(patient_dir: str | Path, config: IngestConfig, key: bytes) ->
     except DicomError as exc:
         return _skip(result, "bad_series", _redact(str(exc), source_id, folder))
     try:
-        mask = segmentation_mask(seg, series, name=f"{pid}/seg/file0")
+        mask = segmentation_mask(seg, series, name=f"{pid}/seg/file{seg_idx}")
         patch, pmask, info = extract_patch(series.hu, mask, config)
     except DicomDecodeError as exc:
         return _skip(result, "undecodable", _redact(str(exc), source_id, folder))
