@@ -90,12 +90,12 @@ OTHER_GENES: tuple[str, ...] = ("ACTB", "GAPDH", "B2M", "RPLP0", "TBP", "HPRT1",
                                 "SDHA", "HMBS", "UBC", "PPIA", "POLR2A", "KRAS", "TP53", "STK11", "KEAP1", "NKX2-1",
                                 "NAPSA", "SFTPC", "KRT5", "TP63", "SOX2")
 
-# Reconstruction kernels per manufacturer. A kernel's "sharpness" (roughly the Siemens B-number)
-# sets blur and noise: sharp kernels keep edges and amplify noise.
+# Reconstruction kernels per manufacturer: (name, sharpness, blur mm). Sharpness (roughly the
+# Siemens B-number) sets the noise: sharp kernels keep edges and amplify noise.
 _KERNELS: dict[str, tuple[tuple[str, int, float], ...]] = {
-    "GE MEDICAL SYSTEMS": (("STANDARD", 31, 0.55), ("LUNG", 70, 0.25), ("BONE", 60, 0.2)),
-    "Philips": (("B", 31, 0.5), ("C", 45, 0.3), ("D", 60, 0.2)),
-    "TOSHIBA": (("FC10", 31, 0.6), ("FC52", 60, 0.4)),
+    "GE MEDICAL SYSTEMS": (("STANDARD", 31, 0.77), ("LUNG", 70, 0.35), ("BONE", 60, 0.28)),
+    "Philips": (("B", 31, 0.7), ("C", 45, 0.42), ("D", 60, 0.28)),
+    "TOSHIBA": (("FC10", 31, 0.84), ("FC52", 60, 0.56)),
 }
 
 # Fictional institutions by patient-id prefix (the real collection has two sites).
@@ -225,8 +225,7 @@ def _kernel(manufacturer: str, rng: np.random.Generator, ref: dict[str, Any]) ->
         blur = max(0.15, 1.3 - sharp / 55.0)
     else:
         kernels = _KERNELS.get(manufacturer, _KERNELS["GE MEDICAL SYSTEMS"])
-        name, sharp, _ = kernels[int(rng.integers(len(kernels)))]
-        blur = dict((k, b) for k, _, b in kernels)[name] * 1.4
+        name, sharp, blur = kernels[int(rng.integers(len(kernels)))]
     noise = 8.0 + 0.42 * sharp
     return name, float(blur), float(noise)
 
