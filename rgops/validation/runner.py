@@ -285,9 +285,17 @@ def _outcome(suite: Suite, index: int, res: Any, n_examples: int) -> Outcome:
         if len(examples) >= n_examples:
             break
     observed = result.get("observed_value")
-    if cfg["type"] == "expect_column_distinct_values_to_contain_set" and isinstance(observed, (list, tuple)):
-        missing = sorted(set(kwargs.get("value_set") or []) - set(observed))
-        observed = {"missing": missing[:n_examples], "n_missing": len(missing)} if missing else None
+    if cfg["type"] == "expect_column_distinct_values_to_contain_set":
+        # GX 1.24 reports the absent values as partial_missing_list/missing_count; older
+        # releases gave the observed distinct values.
+        if "partial_missing_list" in result:
+            missing = sorted(map(str, result.get("partial_missing_list") or []))
+            n_missing = int(result.get("missing_count") or len(missing))
+        else:
+            seen = set(observed) if isinstance(observed, (list, tuple)) else set()
+            missing = sorted(set(kwargs.get("value_set") or []) - seen) if not res.success else []
+            n_missing = len(missing)
+        observed = {"missing": missing[:n_examples], "n_missing": n_missing} if missing else None
         examples = [{"id": g} for g in missing[:n_examples]]
     elif isinstance(observed, (list, tuple, dict)):
         observed = None

@@ -174,6 +174,17 @@ def test_warning_is_reported_but_does_not_fail(config):
     assert "| warning | linkage | has_genes |" in md and "P-0000000000000009" in md
 
 
+def test_missing_panel_genes_are_named(config):
+    genes = pd.DataFrame({"gene_symbol": ["MKI67", "G1", "G2"], "n_non_numeric": 0, "min_value": 1.0,
+                          "missing_fraction": 0.0})
+    cfg = ValidateConfig(required_genes=("MKI67", "CA9", "EGFR"))
+    report = validate_tables({"genes": genes}, cfg, "cohort", ("genes",))
+    panel = report.failed("genes", "gene_symbol", "expect_column_distinct_values_to_contain_set")[0]
+    assert panel.observed == {"missing": ["CA9", "EGFR"], "n_missing": 2}
+    assert [e["id"] for e in panel.examples] == ["CA9", "EGFR"] and not report.passed
+    assert "CA9" in report.summary()
+
+
 def test_missing_column_is_a_failure_not_a_crash(config):
     clinical = pd.DataFrame({"pseudo_id": ["P-a", "P-b"], "age": [50.0, 60.0]})
     report = validate_tables({"clinical": clinical}, config, "cohort", ("clinical",))
