@@ -296,6 +296,9 @@ def gan_metrics(
     """Frechet distance with its real-vs-real reference, conditional consistency, diversity and
     traversal strips of a :class:`~rgops.models.gan.Generator`.
 
+    Features are standardised with the real patches' mean and standard deviation before the
+    Frechet distance, so ``gan.frechet`` is in units of real-feature variance, whatever the space.
+
     Args:
         featurise: patches ``(n, 1, S, S)`` -> frozen features ``(n, d)``.
         train_rows / eval_rows: patch rows of training patients (the consistency regressor and the
@@ -309,7 +312,18 @@ def gan_metrics(
     z_dim = generator.config.z_dim
     m: dict[str, float] = {}
     real_rows = np.concatenate([train_rows, eval_rows])
-    real_feats = featurise(ds.patches[real_rows])
+    raw_featurise = featurise
+    raw_real = raw_featurise(ds.patches[real_rows])
+    # Standardise every feature with the real images' statistics: radiomics features span ten orders
+    # of magnitude (energy vs. ratios), and a fixed linear map applied to both sides keeps the
+    # distance a distance while making it scale-free and comparable across feature spaces.
+    mu = raw_real.mean(axis=0)
+    sd = np.where(raw_real.std(axis=0) < 1e-12, 1.0, raw_real.std(axis=0))
+
+    def featurise(p: np.ndarray) -> np.ndarray:
+        return (raw_featurise(p) - mu) / sd
+
+    real_feats = (raw_real - mu) / sd
     a, b = M.split_reference(real_feats, seed=cfg.seed)
     # Generated for the profiles of half B, compared with half A: same n as the reference.
     fake = _generate(generator, ds.genes[real_rows[b]], _noise(len(b), z_dim, cfg.seed), cfg.batch_size)

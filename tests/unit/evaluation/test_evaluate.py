@@ -133,3 +133,20 @@ def test_program_head_is_a_serving_linear_map(result):
     y = np.column_stack([0.2 * lat[:, 0] - 30 * lat[:, 1] + 3, lat[:, 2]])
     known = ProgramHead.from_json(fit_program_head(lat, y, ["a", "b"], EvaluateConfig(alphas=(1e-6,))))
     np.testing.assert_allclose(known(lat), y, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_gan_in_radiomics_space_is_scale_free(cohort):
+    import torch
+
+    ds, _ = cohort
+    torch.manual_seed(0)
+    gan = Generator(GANConfig(image_size=S, n_genes=G, z_dim=8, gene_embed_dim=8, gene_hidden=8, g_channels=8,
+                              max_channels=16))
+    res = evaluate(ds, gan=gan, cfg=EvaluateConfig(n_splits=4, gan_feature_space="radiomics", diversity_profiles=2,
+                                                    samples_per_profile=2, traversal_values=(0.0, 1.0)))
+    m = res.metrics
+    assert res.info["gan_feature_space"] == "radiomics:whole_patch"
+    assert 0 < m["gan.frechet_ref"] < 100  # standardised features: a handful of units, not 1e14
+    assert m["gan.frechet"] > m["gan.frechet_ref"]
+    assert set(res.strips) == {"pc1", "pc2", "pc3"}  # no ground truth: traverse gene PCs
