@@ -69,6 +69,7 @@ class ServeConfig:
         max_batch_size: adaptive batching: most patches the server encodes in one model call.
         max_latency_ms: adaptive batching: BentoML's latency budget per request; requests it
             predicts would exceed it are shed with 503, so on a CPU keep it well above one batch's time.
+        threads: requests the server runs at once (BentoML ``threads``; model calls release the GIL).
         reload_poll_s: seconds between checks whether the alias moved (0: only the admin route).
         traversal_steps: images in a gene-traversal strip.
         traversal_span: the strip shifts the chosen genes from -span to +span (z-score units).
@@ -82,12 +83,13 @@ class ServeConfig:
     max_samples: int = 16
     max_batch_size: int = 32
     max_latency_ms: int = 10000
+    threads: int = 4
     reload_poll_s: float = 30.0
     traversal_steps: int = 7
     traversal_span: float = 2.0
 
     def __post_init__(self) -> None:
-        for name in ("max_files", "max_samples", "max_batch_size", "traversal_steps"):
+        for name in ("max_files", "max_samples", "max_batch_size", "traversal_steps", "threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"serve.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.max_request_mb <= 4096:
@@ -416,6 +418,34 @@ def encode_items(model: ServedModel, items: Sequence[tuple[Any, Mapping[str, Any
                          model=model.describe(), error=reason)
     log.debug("encoded %d patches (%d refused) with %s v%s", len(good), len(errors), model.name, model.version)
     return results
+
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def is_npy(data: bytes) -> bool:
+    """Whether an upload is a NumPy ``.npy`` file (ready patches) rather than DICOM."""
+    return data[:6] == NPY_MAGIC
+
+
+def read_npy_patches(data: bytes, size: int, max_patches: int) -> np.ndarray:
+    """Ready patches uploaded as a ``.npy`` file -> checked float32 ``(B, 1, S, S)``.
+
+    Loaded with ``allow_pickle=False``: an object array is refused, never unpickled.
+
+    Raises:
+        ShapeError: not a readable numeric ``.npy``, more than ``max_patches`` patches, or out of
+            contract (see :func:`check_patches`).
+    """
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ShapeError(f"the .npy upload cannot be read ({exc}); send a numeric array saved with numpy.save "
+                         "(object arrays are refused)") from None
+    patches = check_patches(arr, size)
+    if len(patches) > max_patches:
+        raise ShapeError(f"the .npy holds {len(patches)} patches; at most {max_patches} per request")
+    return patches
 
 
 def read_dicom_upload(files: Sequence[tuple[str, bytes]], max_files: int) -> list[Any]:

@@ -79,6 +79,7 @@ class PatchOut(BaseModel):
 @bentoml.service(
     name="rgops",
     workers=1,
+    threads=CONFIG.threads,
     traffic={"timeout": 120, "max_concurrency": 256},
     http={"cors": {"enabled": False}},
 )
@@ -122,21 +123,29 @@ class RgopsService:
     @maps_errors
     def extract(
         self,
-        files: list[Path] = Field(description="CT slices and SEG as DICOM files, or zips of them"),
+        files: list[Path] = Field(description="CT slices and SEG as DICOM files, or zips of them; or one "
+                                  ".npy of ready patches (B, 1, S, S) in [-1, 1]"),
         box: list[int] | None = Field(default=None, description="tumour box r0,c0,r1,c1 on a single CT slice"),
         profile: dict[str, float | None] | None = Field(
             default=None, description="raw gene profile; only for an encoder-conditioned CAE"),
         impute: bool = False,
     ) -> dict[str, Any]:
-        """A DICOM CT series with its SEG (or one CT slice and a box) -> the imaging biomarker."""
+        """DICOM (a CT series with its SEG, or one CT slice and a box) or a .npy of ready patches ->
+        the imaging biomarker of each patch."""
         model = self.cae.current
         blobs = [(p.name, p.read_bytes()) for p in files]
-        datasets = serving.read_dicom_upload(blobs, self.config.max_files)
-        window = (model.card.get("patch") or {}).get("hu_window") or (-1000.0, 500.0)
-        patch, provenance = serving.patch_from_dicom(datasets, model.image_size, box=box, hu_window=window)
         genes = None
         if profile is not None:
             genes = serving.normalise_profile(model.panel, profile, impute).genes
+        if len(blobs) == 1 and serving.is_npy(blobs[0][1]):
+            patches = serving.read_npy_patches(blobs[0][1], model.image_size, self.config.max_batch_size)
+            g = None if genes is None else genes.repeat(len(patches), axis=0)
+            feats = serving.encode(model, patches, g)
+            return {"request_id": current_request_id(), "model": model.describe(),
+                    "patches": [feats.row(i) for i in range(len(patches))]}
+        datasets = serving.read_dicom_upload(blobs, self.config.max_files)
+        window = (model.card.get("patch") or {}).get("hu_window") or (-1000.0, 500.0)
+        patch, provenance = serving.patch_from_dicom(datasets, model.image_size, box=box, hu_window=window)
         feats = serving.encode(model, patch[None], genes)
         return {"request_id": current_request_id(), "model": model.describe(), **feats.row(0),
                 "patch": provenance}

@@ -176,6 +176,12 @@ def test_dicom_series_in_features_out_no_phi(server) -> None:
                 zf.writestr(f"study/{n}", b)
         z = c.post("/extract", files=[("files", ("study.zip", buf.getvalue(), "application/zip"))])
         assert z.status_code == 200 and np.allclose(z.json()["latent"], body["latent"])
+        # ready patches as .npy
+        npy = io.BytesIO()
+        np.save(npy, np.zeros((2, 1, S, S), np.float32))
+        arr = c.post("/extract", files=[("files", ("p.npy", npy.getvalue(), "application/octet-stream"))])
+        assert arr.status_code == 200, arr.text
+        assert len(arr.json()["patches"]) == 2 and len(arr.json()["patches"][0]["latent"]) == 4
         # one slice + a box
         one = c.post("/extract", files=[("files", files[3])], data={"box": "[10, 12, 20, 22]"})
         assert one.status_code == 200, one.text

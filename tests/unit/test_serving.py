@@ -305,3 +305,44 @@ def test_profile_series_roundtrip_is_panel_order(panel: GenePanel) -> None:
     g = serving.normalise_profile(panel, s, impute=False).genes
     assert g.shape == (1, len(GENES))
     np.testing.assert_allclose(g[0], (np.log2(6.0) - panel.mean) / panel.std, rtol=1e-6)
+
+
+def test_npy_patches(cae: serving.ServedModel) -> None:
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((2, 1, S, S), np.float32))
+    data = buf.getvalue()
+    assert serving.is_npy(data) and not serving.is_npy(_dicom_bytes())
+    assert serving.read_npy_patches(data, S, 4).shape == (2, 1, S, S)
+    with pytest.raises(ShapeError, match="at most 1"):
+        serving.read_npy_patches(data, S, 1)
+    obj = io.BytesIO()
+    np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ShapeError, match="object arrays are refused"):
+        serving.read_npy_patches(obj.getvalue(), S, 4)
+
+
+def test_error_mapping_and_key_check() -> None:
+    from services.errors import RequestTooLarge, Unauthorized, status_of
+    from services.security import key_matches
+
+    from rgops.errors import DicomDecodeError, PromotionRefused, RgopsError, SegmentationError, TrackingError
+
+    assert status_of(GeneMismatchError("x")) == 422 and status_of(GeneTableError("x")) == 422
+    assert status_of(SegmentationError("x")) == 422 and status_of(DicomDecodeError("x")) == 415
+    assert status_of(RegistryError("x")) == 404 and status_of(PromotionRefused("x")) == 409
+    assert status_of(IntegrityError("x")) == 409 and status_of(ConfigError("x")) == 400
+    assert status_of(RequestTooLarge("x")) == 413 and status_of(Unauthorized("x")) == 401
+    assert status_of(TrackingError("x")) == 503 and status_of(RgopsError("x")) == 400
+    keys = (b"a" * 20, b"b" * 20)
+    assert key_matches(b"b" * 20, keys) and not key_matches(b"b" * 19, keys) and not key_matches(b"", keys)
+
+
+def test_cli_serve_refuses_to_start_without_keys(monkeypatch) -> None:  # noqa: ANN001
+    from typer.testing import CliRunner
+
+    from rgops.cli import app
+
+    monkeypatch.delenv("RGOPS_API_KEYS", raising=False)
+    monkeypatch.delenv("RGOPS_API_KEYS_FILE", raising=False)
+    result = CliRunner().invoke(app, ["serve", "--port", "3999"])
+    assert result.exit_code == 1 and "no API keys configured" in result.output
