@@ -304,8 +304,10 @@ def gate_step(candidate: Candidate, champion: ChampionRecord, params: Mapping[st
               tracking_uri: str | None = None) -> dict[str, Any]:
     """Evaluate and record the promotion gates of one candidate; return the report as JSON.
 
-    Raises:
-        PromotionRefused: a gate failed (recorded on the version and in the history first).
+    A failed gate is recorded on the version (``decision=refused``) and in the history; the report's
+    ``refusal`` then holds the :class:`~rgops.errors.PromotionRefused` message naming the gate and
+    both numbers (``None`` when every gate passed). The caller decides when to raise it, so one
+    model's refusal does not stop the other's promotion.
     """
     from rgops.registry import PromoteConfig, Registry, evaluate_gates
 
@@ -320,10 +322,12 @@ def gate_step(candidate: Candidate, champion: ChampionRecord, params: Mapping[st
         validated_digest=info.tags.get("rgops.validation.data_digest"),
         data_digest=info.tags.get("rgops.data_digest"),
         champion_data_digest=champion.data_digest if champ_version else None)
-    if not report.passed:
-        raise reg.refuse(candidate.name, candidate.version, report)
-    reg.record_gates(candidate.name, candidate.version, report)
-    return report.to_json()
+    refusal = None
+    if report.passed:
+        reg.record_gates(candidate.name, candidate.version, report)
+    else:
+        refusal = str(reg.refuse(candidate.name, candidate.version, report))
+    return {**report.to_json(), "refusal": refusal}
 
 
 def gates_markdown(reports: Mapping[str, Mapping[str, Any]]) -> str:
@@ -331,6 +335,12 @@ def gates_markdown(reports: Mapping[str, Mapping[str, Any]]) -> str:
     from rgops.registry import GateReport
 
     return "\n\n".join(GateReport.from_json(r).to_markdown() for _, r in sorted(reports.items()))
+
+
+def refusal_error(reports: Mapping[str, Mapping[str, Any]]) -> PromotionRefused | None:
+    """One :class:`PromotionRefused` joining every refusal among gate reports, or None."""
+    msgs = [r["refusal"] for _, r in sorted(reports.items()) if r.get("refusal")]
+    return PromotionRefused("; ".join(msgs)) if msgs else None
 
 
 def promote_step(candidate: Candidate, approved: bool, reviewer: str, comment: str = "", *,
@@ -353,5 +363,5 @@ def reap_orphan_runs(tracking_uri: str | None = None, experiment: str = "rgops")
 
 __all__ = ["Candidate", "ChampionRecord", "IngestOutcome", "PromotionRefused", "TrainedModel", "ValidationOutcome",
            "champion_step", "cohort_fingerprint", "evaluate_step", "gate_step", "gates_markdown", "ingest_step",
-           "owner_tags", "promote_step", "reap_orphan_runs", "register_step", "train_step",
+           "owner_tags", "promote_step", "reap_orphan_runs", "refusal_error", "register_step", "train_step",
            "validate_cohort_step", "validate_datasets_step"]
