@@ -186,7 +186,8 @@ app.add_typer(train_app, name="train")
 
 
 def _train(kind: str, datasets: Path, preset: str, params: Path, resume: bool, checkpoint_dir: Optional[Path],
-           device: str, experiment: str, metrics_out: Optional[Path], plots_out: Optional[Path]) -> None:
+           device: str, experiment: str, metrics_out: Optional[Path], plots_out: Optional[Path],
+           model_uri_out: Optional[Path] = None) -> None:
     from rgops.errors import ConfigError
     from rgops.training.presets import PRESETS
     from rgops.training.run import run_training
@@ -197,7 +198,7 @@ def _train(kind: str, datasets: Path, preset: str, params: Path, resume: bool, c
         task = bar.add_task(f"train {kind} ({preset})", total=None)
         run_id = run_training(kind, datasets, preset, params, device=device, checkpoint_dir=checkpoint_dir,  # type: ignore[arg-type]
                               resume=resume, experiment=experiment, metrics_out=metrics_out, plots_out=plots_out,
-                              progress=lambda done, total: bar.update(task, completed=done, total=total))
+                              model_uri_out=model_uri_out, progress=lambda done, total: bar.update(task, completed=done, total=total))
     if run_id is not None:
         typer.echo(run_id)
 
@@ -214,8 +215,11 @@ def _train_command(kind: str) -> Callable[..., None]:
         experiment: str = typer.Option("rgops", "--experiment", help="MLflow experiment name."),
         metrics_out: Optional[Path] = typer.Option(None, "--metrics-out", help="Write final metrics JSON here (DVC metrics)."),
         plots_out: Optional[Path] = typer.Option(None, "--plots-out", help="Write per-epoch CSV here (DVC plots)."),
+        model_uri_out: Optional[Path] = typer.Option(None, "--model-uri-out",
+                                                     help="Write the logged model's URI here (for the evaluate stage)."),
     ) -> None:
-        _train(kind, datasets, preset, params, resume, checkpoint_dir, device, experiment, metrics_out, plots_out)
+        _train(kind, datasets, preset, params, resume, checkpoint_dir, device, experiment, metrics_out, plots_out,
+               model_uri_out)
 
     command.__doc__ = (f"Train the {'conditional autoencoder' if kind == 'cae' else 'conditional GAN'} on DATASETS; "
                        "prints the MLflow run id last. Honours RGOPS_TRACKING_URI / MLFLOW_TRACKING_URI.")

@@ -51,7 +51,7 @@ def run_training(kind: Literal["cae", "gan"], datasets_dir: str | Path, preset: 
                  params_path: str | Path = "params.yaml", device: str = "auto",
                  checkpoint_dir: str | Path | None = None, resume: bool = False, experiment: str = "rgops",
                  metrics_out: str | Path | None = None, plots_out: str | Path | None = None,
-                 progress: ProgressFn | None = None) -> str | None:
+                 progress: ProgressFn | None = None, model_uri_out: str | Path | None = None) -> str | None:
     """Train ``kind`` on a datasets folder with a params preset and track it in MLflow.
 
     The tracking store is :func:`rgops.tracking.resolve_tracking_uri`. With ``checkpoint_dir`` the
@@ -97,7 +97,11 @@ def run_training(kind: Literal["cae", "gan"], datasets_dir: str | Path, preset: 
 
             card = model_card(kind, config, datasets.panel, datasets, result.metrics, digest,
                               dvc_hash(datasets_dir), commit)
-            log_model(result.module, kind, config, datasets.panel, card)
+            model_uri = log_model(result.module, kind, config, datasets.panel, card)
+            if model_uri_out is not None:
+                # A file a DVC stage can list as an out and the next stage can read (`$(cat ...)`).
+                Path(model_uri_out).parent.mkdir(parents=True, exist_ok=True)
+                Path(model_uri_out).write_text(model_uri + "\n")
             write_outputs(result, Path(metrics_out) if metrics_out else None, Path(plots_out) if plots_out else None)
             return tracker.run_id
     finally:
