@@ -1,0 +1,135 @@
+"""flows/retrain.py for real: Prefect's test harness, a real MLflow SQLite store, a tiny synthetic cohort.
+
+Each test owns its tracking store. The cohort has 16 patients and `split_seed: 7`, which gives 8
+training and 8 held-out patients under the test pseudonymisation key (enough for 2-fold CV).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="module")
+def retrain_env(tmp_path_factory):
+    """(cohort, params path) for the retrain tests; cwd moved out of the repository meanwhile."""
+    from tests.conftest import build_cohort
+
+    root = tmp_path_factory.mktemp("retrain")
+    cohort = build_cohort(root, n_patients=16)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["ingest"].update(split_fractions=[0.5, 0.25, 0.25], split_seed=7)
+    params["evaluate"] = {"n_splits": 2, "inner_splits": 2}
+    gan = params["train"]["gan"]["presets"]
+    cae = params["train"]["cae"]["presets"]
+    # "good" trains the GAN for 40 steps; "worse" leaves it at its initialisation (lr ~ 0): its
+    # Frechet distance is far above the champion's, beyond the tolerance.
+    gan["good"] = {**gan["tiny"], "epochs": 10, "batch_size": 2, "lr_g": 0.002, "lr_d": 0.002}
+    gan["worse"] = {**gan["tiny"], "epochs": 1, "lr_g": 1e-9, "lr_d": 1e-9}
+    cae["good"] = cae["worse"] = cae["tiny"]
+    params["promote"].update(
+        floors={"cae.cv_r2.mean": -100.0, "gan.frechet": 10000.0, "gan.cond_consistency": -1.0},
+        tolerance={"cae.cv_r2.mean": 1.0, "gan.frechet": 10.0, "gan.cond_consistency": 1.0})
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    old = Path.cwd()
+    os.chdir(root)  # MLflow's embedded artifact root and any key file land here, not in the repo
+    try:
+        yield cohort, path
+    finally:
+        os.chdir(old)
+
+
+def _run(env, tmp_path, uri, **kw):
+    from flows.retrain import retrain
+
+    cohort, params = env
+    return retrain(cohort=str(cohort), workdir=str(tmp_path / "work"), params_path=str(params),
+                   tracking_uri=uri, return_state=True, **kw)
+
+
+def test_retrain_twice_champion_then_refused(prefect_harness, retrain_env, tmp_path):
+    from rgops.errors import PromotionRefused
+    from rgops.registry import Registry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = _run(retrain_env, tmp_path, uri, preset="good", approval="auto")
+    assert first.is_completed(), first.message
+    assert first.result()["promoted"] == {"cae": "1", "gan": "1"}
+    reg = Registry(uri)
+    assert reg.aliases("rgops-gan") == {"champion": "1", "challenger": "1"}
+    v1 = reg.version("rgops-gan", 1)
+    assert v1.tags["decision"] == "approved" and v1.tags["rgops.gates"] == "passed"
+    assert len(v1.tags["rgops.weights_sha256"]) == 64 and v1.tags["rgops.git_commit"]
+    assert v1.tags["rgops.validation"] == "passed" and v1.tags["rgops.validation.data_digest"] == v1.tags["rgops.data_digest"]
+    patches = tmp_path / "work" / "datasets" / "patches.npy"
+    ingested_at = patches.stat().st_mtime_ns
+
+    second = _run(retrain_env, tmp_path, uri, preset="worse", approval="auto")
+    assert second.is_failed()
+    with pytest.raises(PromotionRefused, match=r"rgops-gan version 2 not promoted: gate vs_champion\[gan.frechet\]: "
+                                               r"challenger [\d.]+, champion 1 [\d.]+, required <="):
+        second.result()
+    assert patches.stat().st_mtime_ns == ingested_at  # unchanged cohort: ingest came from the cache
+    assert reg.aliases("rgops-gan") == {"champion": "1", "challenger": "2"}
+    assert reg.version("rgops-gan", 2).tags["decision"] == "refused"
+    assert reg.aliases("rgops-cae")["champion"] == "2"  # the CAE passed its own gates
+    assert [e.action for e in reg.history("rgops-gan")] == ["registered", "promoted", "registered", "refused"]
+
+
+def _answer_pauses(decisions, stop, seen):
+    """Resume each paused flow run with the decision for its pause key (as the Prefect UI would)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStateName
+    from prefect.flow_runs import resume_flow_run
+
+    with get_client(sync_client=True) as client:
+        while not stop.is_set():
+            for fr in client.read_flow_runs(flow_run_filter=FlowRunFilter(state=dict(name=FlowRunFilterStateName(any_=["Paused"])))):
+                key = fr.state.state_details.pause_key
+                if key in decisions and key not in seen:
+                    seen.append(key)
+                    resume_flow_run(fr.id, run_input=decisions[key])
+            time.sleep(1)
+
+
+def test_manual_approval_pauses_and_resumes_with_input(prefect_harness, retrain_env, tmp_path):
+    from rgops.registry import Registry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    decisions = {"approve-rgops-cae-1": {"approve": True, "reviewer": "dr-ada", "comment": "latents look sane"},
+                 "approve-rgops-gan-1": {"approve": False, "reviewer": "dr-ada", "comment": "samples too blurry"}}
+    stop, seen = threading.Event(), []
+    resumer = threading.Thread(target=_answer_pauses, args=(decisions, stop, seen), daemon=True)
+    resumer.start()
+    try:
+        state = _run(retrain_env, tmp_path, uri, preset="tiny", approval="manual", approval_timeout_s=300)
+    finally:
+        stop.set()
+        resumer.join(timeout=10)
+    assert state.is_completed(), state.message
+    assert seen == ["approve-rgops-cae-1", "approve-rgops-gan-1"]
+    assert state.result()["promoted"] == {"cae": "1"} and state.result()["rejected"] == {"gan": "1"}
+    reg = Registry(uri)
+    cae, gan = reg.version("rgops-cae", 1).tags, reg.version("rgops-gan", 1).tags
+    assert (cae["decision"], cae["approved_by"], cae["comment"]) == ("approved", "dr-ada", "latents look sane")
+    assert (gan["decision"], gan["approved_by"], gan["comment"]) == ("rejected", "dr-ada", "samples too blurry")
+    assert cae["approved_at"] and reg.aliases("rgops-cae")["champion"] == "1"
+    assert "champion" not in reg.aliases("rgops-gan")
