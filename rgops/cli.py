@@ -288,6 +288,39 @@ TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking/registr
                            "RGOPS_TRACKING_URI, MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db).")
 
 
+@app.command("retrain")
+@handles_errors
+def retrain_cmd(
+    cohort: Path = typer.Argument(..., help="Cohort folder (ct/, genes.tsv, clinical.csv)."),
+    approval: Optional[str] = typer.Option(None, "--approval", help="auto or manual (default: promote.approval)."),
+    workdir: Path = typer.Option(Path("retrain-output"), "--workdir", help="Datasets and reports go here."),
+    preset: str = typer.Option("tiny", "--preset", help="Training preset: tiny, demo, full."),
+    params: Path = ParamsOpt,
+    tracking_uri: Optional[str] = TrackingOpt,
+    experiment: str = typer.Option("rgops", "--experiment", help="MLflow experiment of the training runs."),
+    approval_timeout: int = typer.Option(3600, "--approval-timeout", help="Seconds a manual approval waits."),
+) -> None:
+    """Run the retrain flow once, locally: validate, ingest, train, evaluate, register, gate, promote.
+
+    With --approval manual the flow pauses for a decision in the Prefect UI (or `rgops promote`).
+    """
+    import importlib
+
+    from rgops.errors import ConfigError
+
+    if approval not in (None, "auto", "manual"):
+        raise ConfigError(f"--approval got {approval!r}, expected auto or manual")
+    # The flow is the Prefect shell over rgops.retrain; imported here so rgops itself stays
+    # free of Prefect at import time.
+    flow = importlib.import_module("flows.retrain").retrain
+    result = flow(cohort=str(cohort), workdir=str(workdir), params_path=str(params), preset=preset,
+                  approval=approval, tracking_uri=tracking_uri, experiment=experiment,
+                  approval_timeout_s=approval_timeout)
+    for key in ("promoted", "rejected", "pending"):
+        for kind, version in sorted(result[key].items()):
+            typer.echo(f"rgops-{kind} version {version}: {key}")
+
+
 @app.command("promote")
 @handles_errors
 def promote_cmd(
