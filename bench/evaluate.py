@@ -63,6 +63,7 @@ def main() -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     params = load_params(ROOT / "params.yaml")
     work = args.work.resolve()
+    out_path = args.out.resolve()  # before chdir
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(work)  # the local MLflow store keeps its artifacts under the working directory
     tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
@@ -147,13 +148,13 @@ def main() -> None:
         "gan": {k: v for k, v in m.items() if k.startswith("gan.")},
         "report": str(work / "report" / "report.html"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(doc, indent=2))
     print(f"rgops evaluate on {n} patients ({result.info['n_patients']} held out): {total:.1f} s; "
           f"pyradiomics extraction {radiomics_s:.1f} s = {radiomics_s / total:.1%} of it")
     for s, row in table.items():
         print(f"  {s:14s} " + " ".join(f"{c}={row[c]:.3f}" for c in cols if row[c] is not None))
-    print(f"wrote {args.out}")
+    print(f"wrote {out_path}")
 
 
 if __name__ == "__main__":
