@@ -37,6 +37,29 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+class NoPayloadInTracebacks(logging.Filter):
+    """Drop the exception text of request-validation failures from BentoML's error log.
+
+    BentoML logs pydantic's ValidationError with its traceback, whose message quotes the
+    offending input values; the log keeps route and method, never the request's content.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ == "ValidationError":
+            record.msg = f"{record.msg} (request validation failed: {exc.error_count()} error(s); input not logged)"
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def install_log_filters() -> None:
+    """Attach :class:`NoPayloadInTracebacks` to the logger BentoML reports request errors on."""
+    target = logging.getLogger("bentoml._internal.server.http_app")
+    if not any(isinstance(f, NoPayloadInTracebacks) for f in target.filters):
+        target.addFilter(NoPayloadInTracebacks())
+
+
 def current_request_id() -> str | None:
     """The id of the request being served in this context (None outside a request)."""
     return _request_id.get()
@@ -74,6 +97,7 @@ class RgopsGate:
 
         self.app = app
         self.keys = keys if keys is not None else load_api_keys()
+        install_log_filters()
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

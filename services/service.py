@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rgops import serving
 from rgops.config import load_params
@@ -52,6 +52,8 @@ CONFIG = _config()
 
 class PatchIn(BaseModel):
     """One ready patch: ``pixels`` is S x S floats in [-1, 1] (HU [-1000, 500] scaled, as ingest makes)."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     pixels: list[list[float]] = Field(description="S x S values in [-1, 1]")
     profile: dict[str, float | None] | None = Field(
@@ -113,6 +115,10 @@ class RgopsService:
     def _poll(self) -> None:
         while not self._stop.wait(self.config.reload_poll_s):
             self._reload_all()
+
+    @bentoml.on_shutdown
+    def _shutdown(self) -> None:
+        self._stop.set()
 
     def __is_ready__(self) -> bool:
         return self.cae.ready and self.gan.ready

@@ -202,6 +202,9 @@ def test_ready_patches_match_the_dicom_path_and_batch(server) -> None:
         assert bad.status_code == 200 and bad.json()[0]["error"] is None and "expected [-1, 1]" in bad.json()[1]["error"]
         ragged = c.post("/extract_patches", json={"patches": [{"pixels": [[0.0, 1.0], [0.0]]}]})
         assert ragged.status_code == 400
+        typo = c.post("/generate", json={"profile": {"GENE0": "Quixote-secret-value"}})
+        assert typo.status_code == 400
+    assert "Quixote-secret-value" not in server[3].read_text(errors="replace")
 
 
 def test_profile_in_png_and_dicom_sc_out(server) -> None:
