@@ -61,7 +61,12 @@ def local_stack(serve_params: str = "") -> Iterator[tuple[str, str, Path]]:
         uri = f"sqlite:///{tmp / 'mlflow.db'}"
         os.environ["MLFLOW_TRACKING_URI"] = uri
         os.environ.setdefault("RGOPS_API_KEYS", KEY)
-        publish_champions(uri)
+        cwd = os.getcwd()
+        os.chdir(tmp)  # a SQLite store puts artifacts under the working directory: keep them in tmp
+        try:
+            publish_champions(uri)
+        finally:
+            os.chdir(cwd)
         (tmp / "params.yaml").write_text("serve:\n  reload_poll_s: 0\n" + serve_params)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

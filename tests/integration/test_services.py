@@ -65,6 +65,22 @@ def publish_tiny_champions(tracking_uri: str, seed: int = 0) -> dict[str, str]:
     return versions
 
 
+def _publish_in(folder: Path, uri: str, seed: int = 0) -> dict[str, str]:
+    """Publish from inside ``folder``: a SQLite store keeps its artifacts under the working
+    directory (rgops.tracking.default_artifact_location), which must not be the checkout."""
+    old_cwd, old_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.chdir(folder)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        return publish_tiny_champions(uri, seed)
+    finally:
+        os.chdir(old_cwd)
+        if old_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_uri
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """(base URL, tracking URI): one `bentoml serve` process for the module."""
@@ -73,16 +89,7 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "RGOPS_TRACKING_URI": uri}
-    old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI",)}
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
-        versions = publish_tiny_champions(uri)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    versions = _publish_in(tmp, uri)
     params = tmp / "params.yaml"
     params.write_text("serve:\n  max_request_mb: 1\n  max_samples: 4\n  reload_poll_s: 0\n  traversal_steps: 3\n")
     env.update({"RGOPS_API_KEYS": KEY, "BENTOML_HOME": str(tmp / "bentoml"), "RGOPS_PARAMS": str(params),
@@ -283,12 +290,26 @@ def test_reload_follows_the_alias(server) -> None:
     with _client(base) as c:
         r = c.post("/admin/reload")
         assert r.status_code == 200 and r.json()["models"]["rgops-cae"]["changed"] is False
-    cae_v2 = publish_tiny_champions(uri, seed=1)["cae"]
+    folder = Path(uri.removeprefix("sqlite:///")).parent
+    cae_v2 = _publish_in(folder, uri, seed=1)["cae"]
     assert reg.aliases("rgops-cae")["champion"] == cae_v2 != versions["cae"]
     with _client(base) as c:
         r = c.post("/admin/reload")
         assert r.status_code == 200 and r.json()["models"]["rgops-cae"] == {"version": cae_v2, "changed": True}
         assert c.get("/metadata").json()["models"]["rgops-cae"]["version"] == cae_v2
+    # a champion whose weights were altered after registration is refused; v2 keeps serving
+    cae_v3 = _publish_in(folder, uri, seed=2)["cae"]
+    caes = [p for p in (folder / "mlartifacts").rglob("model.pth")
+            if '"kind": "cae"' in (p.parent.parent / "extra_files" / "config.json").read_text()]
+    newest = max(caes, key=lambda p: p.stat().st_mtime)
+    newest.write_bytes(newest.read_bytes() + b"tampered")
+    with _client(base) as c:
+        r = c.post("/admin/reload").json()["models"]["rgops-cae"]
+        assert r["version"] == cae_v2 and r["changed"] is False and "SHA-256" in r["error"], r
+        assert reg.aliases("rgops-cae")["champion"] == cae_v3
+        assert c.get("/metadata").json()["models"]["rgops-cae"]["version"] == cae_v2
+        assert c.post("/extract_patches", json={"patches": [{"pixels": [[0.0] * S] * S}]}).json()[0]["model"][
+            "version"] == cae_v2
 
 
 def test_bentoml_sync_client_as_in_the_readme(server, tmp_path) -> None:
