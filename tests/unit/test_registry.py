@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 
 import pytest
@@ -261,3 +262,23 @@ def test_cli_approve_models_and_rollback(store):
     assert "2 -> 1" in res.output and reg.aliases("rgops-cae")[CHAMPION] == "1"
     res = runner.invoke(app, ["rollback", "rgops-foo", *opts])
     assert res.exit_code == 1 and "rgops-foo" in res.output
+
+
+def test_reap_orphan_runs_fails_only_runs_of_dead_local_processes(store):
+    import socket
+    import subprocess
+    import sys
+
+    reg, _, _ = store
+    exp = reg.client.get_experiment_by_name("registry-test").experiment_id
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid that no longer runs
+    host = socket.gethostname()
+    dead = reg.client.create_run(exp, tags={"rgops.host": host, "rgops.pid": str(child.pid)}).info.run_id
+    live = reg.client.create_run(exp, tags={"rgops.host": host, "rgops.pid": str(os.getpid())}).info.run_id
+    other = reg.client.create_run(exp, tags={"rgops.host": "elsewhere", "rgops.pid": str(child.pid)}).info.run_id
+    assert reg.reap_orphan_runs("registry-test", host) == [dead]
+    assert reg.client.get_run(dead).info.status == "FAILED"
+    assert "died" in reg.client.get_run(dead).data.tags["rgops.failure"]
+    assert {reg.client.get_run(r).info.status for r in (live, other)} == {"RUNNING"}
+    assert reg.reap_orphan_runs("no-such-experiment", host) == []

@@ -1,0 +1,40 @@
+"""rgops.retrain pieces that need no training: cache key, refusal joining, owner tags, gate tables."""
+
+from __future__ import annotations
+
+import os
+
+from rgops.errors import PromotionRefused
+from rgops.registry import GateReport, GateResult
+from rgops.retrain import cohort_fingerprint, gates_markdown, owner_tags, refusal_error
+
+
+def test_fingerprint_changes_with_bytes_names_and_ingest_params(tmp_path):
+    (tmp_path / "ct").mkdir()
+    (tmp_path / "ct" / "a.dcm").write_bytes(b"one")
+    (tmp_path / "genes.tsv").write_text("gene_symbol\tP1\n")
+    params = {"ingest": {"patch_size": 64}}
+    base = cohort_fingerprint(tmp_path, params)
+    assert base == cohort_fingerprint(tmp_path, {"ingest": {"patch_size": 64}})
+    assert base != cohort_fingerprint(tmp_path, {"ingest": {"patch_size": 128}})
+    (tmp_path / "ct" / "a.dcm").write_bytes(b"two")
+    changed = cohort_fingerprint(tmp_path, params)
+    assert changed != base
+    (tmp_path / "ct" / "a.dcm").rename(tmp_path / "ct" / "b.dcm")
+    assert cohort_fingerprint(tmp_path, params) != changed
+
+
+def test_refusals_are_joined_and_absent_when_all_passed():
+    ok = GateReport("cae", (GateResult("floor", "cae.cv_r2.mean", 0.3, 0.0, True, "fine"),))
+    bad = GateReport("gan", (GateResult("floor", "gan.frechet", 150.0, 100.0, False, "gate floor[gan.frechet]: x"),))
+    reports = {"cae": {**ok.to_json(), "refusal": None}, "gan": {**bad.to_json(), "refusal": "rgops-gan version 2 ..."}}
+    err = refusal_error(reports)
+    assert isinstance(err, PromotionRefused) and str(err) == "rgops-gan version 2 ..."
+    assert refusal_error({"cae": reports["cae"]}) is None
+    md = gates_markdown(reports)
+    assert "rgops-cae (champion: none) — PASSED" in md and "| floor | gan.frechet | 150 | 100 | FAIL |" in md
+
+
+def test_owner_tags_name_this_process():
+    tags = owner_tags()
+    assert tags["rgops.pid"] == str(os.getpid()) and tags["rgops.host"]
