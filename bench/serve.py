@@ -81,7 +81,8 @@ def main() -> None:
     body_patch = {"patches": [{"pixels": patch.round(4).tolist()}]}
     body_gen = {"profile": profile, "n_samples": 1, "seed": 0}
     with local_stack() as (base, uri, _):
-        resolve, load = serving.registry_source(uri)
+        resolve, load = serving.registry_source(uri, serving.ServeConfig().torch_device())
+        runtime = httpx.get(f"{base}/metadata", headers={"Authorization": f"Bearer {KEY}"}).json()["runtime"]
         cae = load("rgops-cae", resolve("rgops-cae", "champion"), "champion")
         gan = load("rgops-gan", resolve("rgops-gan", "champion"), "champion")
         x = serving.check_patches(patch, S)
@@ -104,7 +105,7 @@ def main() -> None:
         def local_generate() -> None:
             serving.generate(gan, g, 1, 0, 16)
 
-        res = {"device": device(), "patch_size": S, "n_genes": N_GENES, "concurrency": args.concurrency,
+        res = {"device": device(), "server_runtime": runtime, "patch_size": S, "n_genes": N_GENES, "concurrency": args.concurrency,
                "latency": {
                    "extract_one_patch": {"http": percentiles(_latency(http("/extract_patches", body_patch)(), args.n, 60)),
                                          "in_process": percentiles(_latency(local_encode, args.n, 5))},

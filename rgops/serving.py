@@ -29,7 +29,7 @@ import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -69,6 +69,7 @@ class ServeConfig:
         max_batch_size: adaptive batching: most patches the server encodes in one model call.
         max_latency_ms: adaptive batching: BentoML's latency budget per request; requests it
             predicts would exceed it are shed with 503, so on a CPU keep it well above one batch's time.
+        device: where the models run: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         threads: requests the server runs at once (BentoML ``threads``; model calls release the GIL).
         reload_poll_s: seconds between checks whether the alias moved (0: only the admin route).
         traversal_steps: images in a gene-traversal strip.
@@ -83,6 +84,7 @@ class ServeConfig:
     max_samples: int = 16
     max_batch_size: int = 32
     max_latency_ms: int = 10000
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 4
     reload_poll_s: float = 30.0
     traversal_steps: int = 7
@@ -98,6 +100,20 @@ class ServeConfig:
             raise ConfigError("serve.max_latency_ms must be >= 1, reload_poll_s >= 0, traversal_span > 0")
         if not 0 < self.port < 65536:
             raise ConfigError(f"serve.port must be a TCP port (1-65535), got {self.port}")
+
+    def torch_device(self) -> str:
+        """The device models are loaded on (``auto`` resolved).
+
+        Raises:
+            ConfigError: ``cuda`` asked for on a machine without CUDA.
+        """
+        import torch
+
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("serve.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
 
     @property
     def max_request_bytes(self) -> int:
@@ -177,6 +193,11 @@ class ServedModel:
     @property
     def image_size(self) -> int:
         return int(self.module.config.image_size)
+
+    @property
+    def device(self) -> Any:
+        """The torch device the module's weights live on."""
+        return next(self.module.parameters()).device
 
     def describe(self) -> dict[str, Any]:
         """What every response carries about the model that produced it."""
@@ -264,12 +285,13 @@ class ModelSlot:
             return True
 
 
-def registry_source(tracking_uri: str | None = None) -> tuple[Resolver, Loader]:
+def registry_source(tracking_uri: str | None = None, device: str = "cpu") -> tuple[Resolver, Loader]:
     """Resolver and loader over the MLflow registry (through ``rgops.registry``/``rgops.tracking``).
 
     The loader pins the version it resolved (``models:/<name>/<version>``), so an alias moving
     between resolving and loading cannot mix versions, and ``rgops.tracking.load_logged_model``
     verifies the weights' SHA-256 against the digest recorded at registration before unpickling.
+    The module is then moved to ``device``.
     """
     from rgops.registry import Registry
 
@@ -294,7 +316,7 @@ def registry_source(tracking_uri: str | None = None) -> tuple[Resolver, Loader]:
         head = getattr(loaded, "program_head", None)
         if isinstance(head, Mapping):
             head = ProgramHead.from_json(head)
-        module = loaded.module.eval()
+        module = loaded.module.to(device).eval()
         return ServedModel(name, str(version), alias, loaded.kind, module, loaded.panel,
                            dict(loaded.card or {}), loaded.weights_sha256, head)
 
@@ -370,8 +392,8 @@ def encode(model: ServedModel, patches: np.ndarray, genes: np.ndarray | None = N
             "conditioning); send the patient's profile with the images"
         )
     with torch.inference_mode():
-        x = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32))
-        g = torch.from_numpy(np.ascontiguousarray(genes, dtype=np.float32)) if needs_genes else None
+        x = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32)).to(model.device)
+        g = torch.from_numpy(np.ascontiguousarray(genes, dtype=np.float32)).to(model.device) if needs_genes else None
         latent = model.module.encode(x, g).cpu().numpy().astype(np.float64)
     if model.program_head is None:
         return Features(latent, None, None, NO_PROGRAM_HEAD)
@@ -623,9 +645,9 @@ def traversal(model: ServedModel, genes: np.ndarray, program_genes: Sequence[str
     batch[:, idx] += offsets[:, None].astype(np.float32)
     gen = model.module
     rng = torch.Generator(device="cpu").manual_seed(seed)
-    z = torch.randn(1, gen.config.z_dim, generator=rng).expand(steps, -1)
+    z = torch.randn(1, gen.config.z_dim, generator=rng).expand(steps, -1).to(model.device)
     with torch.inference_mode():
-        out = gen(z, torch.from_numpy(batch))
+        out = gen(z, torch.from_numpy(batch).to(model.device))
     return out.cpu().numpy().astype(np.float32), [float(o) for o in offsets]
 
 

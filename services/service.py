@@ -91,7 +91,8 @@ class RgopsService:
     def __init__(self) -> None:
         self.config = CONFIG
         serving.load_api_keys()  # refuse to start without authentication configured
-        resolve, load = serving.registry_source()
+        self.device = self.config.torch_device()
+        resolve, load = serving.registry_source(device=self.device)
         self.cae = serving.ModelSlot(serving.CAE_MODEL, self.config.alias, resolve, load)
         self.gan = serving.ModelSlot(serving.GAN_MODEL, self.config.alias, resolve, load)
         self._reload_all()
@@ -211,7 +212,11 @@ class RgopsService:
     @maps_errors
     def metadata(self) -> dict[str, Any]:
         """Model cards, gene panels and patch contract of the served models."""
+        import torch
+
         return {"request_id": current_request_id(),
+                "runtime": {"device": self.device, "torch_threads": torch.get_num_threads(),
+                            "server_threads": self.config.threads, "max_batch_size": self.config.max_batch_size},
                 "models": {s.name: (s.current.metadata() if s.ready else {"error": s.last_error})
                            for s in (self.cae, self.gan)}}
 

@@ -164,6 +164,7 @@ def test_metadata_names_versions_and_genes(server) -> None:
     assert models["rgops-cae"]["version"] == versions["cae"] and models["rgops-cae"]["alias"] == "champion"
     assert models["rgops-gan"]["genes"] == list(GENES) and len(models["rgops-gan"]["weights_sha256"]) == 64
     assert r.headers["x-request-id"] == r.json()["request_id"]
+    assert r.json()["runtime"]["device"] in ("cpu", "cuda") and r.json()["runtime"]["torch_threads"] >= 1
 
 
 def test_dicom_series_in_features_out_no_phi(server) -> None:
@@ -250,13 +251,17 @@ def test_tsv_profile_and_imputation(server) -> None:
 @pytest.mark.parametrize("payload, status, needle", [
     ({"profile": {g: 1.0 for g in GENES[:4]}}, 422, "GENE4"),
     ({"profile": {**{g: 1.0 for g in GENES}, "GENE2": None}}, 422, "NaN"),
+    ('{"profile": {' + ", ".join(f'"{g}": {"NaN" if g == "GENE2" else 1.0}' for g in GENES) + "}}", 422, "NaN"),
     ({"profile": {**{g: 1.0 for g in GENES}, "GENE2": -3.0}}, 422, "negative"),
     ({"profile": {g: 1.0 for g in GENES}, "n_samples": 99}, 422, "between 1 and 4"),
     ({}, 422, "exactly one"),
 ])
 def test_bad_profiles_are_4xx(server, payload, status, needle) -> None:
     with _client(server[0]) as c:
-        r = c.post("/generate", json=payload)
+        if isinstance(payload, str):  # a JSON NaN token, which httpx will not write itself
+            r = c.post("/generate", content=payload, headers={"Content-Type": "application/json"})
+        else:
+            r = c.post("/generate", json=payload)
     assert r.status_code == status, r.text
     assert needle in r.json()["message"]
 
@@ -279,6 +284,9 @@ def test_bad_uploads_are_4xx_and_the_server_lives_on(server) -> None:
         assert r.status_code == 400 and "truncated" in r.json()["message"]
         big = c.post("/extract", files=[("files", ("big.dcm", b"\0" * (2 * 1024 * 1024), "application/dicom"))])
         assert big.status_code == 413 and "limit" in big.json()["message"]
+        chunked = c.post("/generate", content=iter([b"{" + b" " * 700_000, b" " * 700_000 + b"}"]),
+                         headers={"Content-Type": "application/json"})  # no Content-Length
+        assert chunked.status_code == 413
         assert c.get("/readyz").status_code == 200
 
 

@@ -298,6 +298,12 @@ def test_serve_config_from_params() -> None:
         serving.ServeConfig.from_params({"serve": {"prot": 1}})
     with pytest.raises(ConfigError, match="max_samples"):
         serving.ServeConfig.from_params({"serve": {"max_samples": 0}})
+    assert serving.ServeConfig(device="cpu").torch_device() == "cpu"
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert serving.ServeConfig().torch_device() == want
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA"):
+            serving.ServeConfig(device="cuda").torch_device()
 
 
 def test_profile_series_roundtrip_is_panel_order(panel: GenePanel) -> None:
