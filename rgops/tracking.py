@@ -56,8 +56,12 @@ def resolve_tracking_uri() -> str:
 
 
 def default_artifact_location(uri: str) -> str | None:
-    """``file://<cwd>/mlartifacts`` for a local SQLite store (so runs from other folders do not
-    scatter ``./mlruns``); None for a server, which decides where artifacts live."""
+    """``file://<folder of the database>/mlartifacts`` for a local SQLite store, so artifacts stay
+    beside their database whatever folder a run starts from (a bare SQLite store would scatter
+    ``./mlruns`` into each); None for a server, which decides where artifacts live."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        return (db.parent / "mlartifacts").resolve().as_uri()
     if uri.startswith("sqlite:"):
         return (Path.cwd() / "mlartifacts").resolve().as_uri()
     return None
