@@ -470,6 +470,24 @@ def read_npy_patches(data: bytes, size: int, max_patches: int) -> np.ndarray:
     return patches
 
 
+def read_npy_mask(arrays: Sequence[bytes]) -> np.ndarray:
+    """The one tumour mask ``(rows, columns)`` uploaded as ``.npy`` beside a single CT slice.
+
+    Raises:
+        ShapeError: more than one array, not 2-D, not numeric, or empty (no tumour pixel).
+    """
+    if len(arrays) != 1:
+        raise ShapeError(f"{len(arrays)} .npy files uploaded with DICOM; send one tumour mask (rows, columns)")
+    try:
+        mask = np.load(io.BytesIO(arrays[0]), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ShapeError(f"the .npy tumour mask cannot be read ({exc}); save a numeric 2-D array with numpy.save") from None
+    if mask.ndim != 2 or mask.dtype.kind not in "biuf" or not np.any(mask):
+        raise ShapeError(f"tumour mask has shape {mask.shape} and dtype {mask.dtype}; expected a numeric 2-D "
+                         "array on the CT slice's grid with at least one non-zero (tumour) pixel")
+    return mask
+
+
 def read_dicom_upload(files: Sequence[tuple[str, bytes]], max_files: int) -> list[Any]:
     """Uploaded files (DICOM files and/or zips of them) -> pydicom datasets, pixel data included.
 
@@ -726,11 +744,13 @@ SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 def patch_from_dicom(datasets: Sequence[Any], size: int, box: Sequence[int] | None = None,
-                     hu_window: Sequence[float] = (-1000.0, 500.0)) -> tuple[np.ndarray, dict[str, Any]]:
+                     hu_window: Sequence[float] = (-1000.0, 500.0),
+                     mask2d: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Uploaded DICOM -> one de-identified tumour patch ``(1, S, S)`` cut exactly as ingest cuts it.
 
-    Two forms: a CT series with one SEG (the tumour mask comes from the SEG), or one CT slice with
-    ``box = (r0, c0, r1, c1)`` (the tumour box, end-exclusive, in pixels of that slice).
+    Three forms: a CT series with one SEG (the tumour mask comes from the SEG); one CT slice with
+    ``box = (r0, c0, r1, c1)`` (the tumour box, end-exclusive, in pixels of that slice); or one CT
+    slice with ``mask2d``, a ``(rows, columns)`` array, non-zero on the tumour.
 
     The files are de-identified first (PS3.15 basic profile, :func:`rgops.data.deid.deidentify`)
     under a key that lives only in this process, so nothing identifying is held past this call and
@@ -753,7 +773,16 @@ def patch_from_dicom(datasets: Sequence[Any], size: int, box: Sequence[int] | No
     segs = [d for d in clean if str(d.get("SOPClassUID", "")) == SEGMENTATION_STORAGE]
     cts = [d for d in clean if str(d.get("SOPClassUID", "")) != SEGMENTATION_STORAGE]
     names = [f"CT file {i + 1}" for i in range(len(cts))]
-    if box is not None:
+    if mask2d is not None:
+        if segs or len(cts) != 1 or box is not None:
+            raise DicomError(f"a tumour mask goes with exactly one CT slice (no SEG, no box); got {len(cts)} CT "
+                             f"and {len(segs)} SEG file(s)")
+        series = dicom.ct_series(cts, names)
+        if mask2d.shape != series.hu.shape[1:]:
+            raise ShapeError(f"tumour mask has shape {mask2d.shape}, the CT slice {series.hu.shape[1:]}; "
+                             "send a mask on the slice's pixel grid")
+        mask = (np.asarray(mask2d) != 0).astype(np.uint8)[None]
+    elif box is not None:
         if segs or len(cts) != 1:
             raise DicomError(f"a tumour box goes with exactly one CT slice and no SEG; got {len(cts)} CT "
                              f"and {len(segs)} SEG file(s)")

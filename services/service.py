@@ -130,8 +130,9 @@ class RgopsService:
     @maps_errors
     def extract(
         self,
-        files: list[Path] = Field(description="CT slices and SEG as DICOM files, or zips of them; or one "
-                                  ".npy of ready patches (B, 1, S, S) in [-1, 1]"),
+        files: list[Path] = Field(description="CT slices and SEG as DICOM files, or zips of them; or one CT "
+                                  "slice and a .npy tumour mask (rows, columns); or one .npy of ready "
+                                  "patches (B, 1, S, S) in [-1, 1]"),
         box: list[int] | None = Field(default=None, description="tumour box r0,c0,r1,c1 on a single CT slice"),
         profile: dict[str, float | None] | None = Field(
             default=None, description="raw gene profile; only for an encoder-conditioned CAE"),
@@ -144,15 +145,18 @@ class RgopsService:
         genes = None
         if profile is not None:
             genes = serving.normalise_profile(model.panel, profile, impute).genes
-        if len(blobs) == 1 and serving.is_npy(blobs[0][1]):
-            patches = serving.read_npy_patches(blobs[0][1], model.image_size, self.config.max_batch_size)
+        arrays = [b for _, b in blobs if serving.is_npy(b)]
+        if len(blobs) == 1 and arrays:
+            patches = serving.read_npy_patches(arrays[0], model.image_size, self.config.max_batch_size)
             g = None if genes is None else genes.repeat(len(patches), axis=0)
             feats = serving.encode(model, patches, g)
             return {"request_id": current_request_id(), "model": model.describe(),
                     "patches": [feats.row(i) for i in range(len(patches))]}
-        datasets = serving.read_dicom_upload(blobs, self.config.max_files)
+        mask = serving.read_npy_mask(arrays) if arrays else None
+        datasets = serving.read_dicom_upload([x for x in blobs if not serving.is_npy(x[1])], self.config.max_files)
         window = (model.card.get("patch") or {}).get("hu_window") or (-1000.0, 500.0)
-        patch, provenance = serving.patch_from_dicom(datasets, model.image_size, box=box, hu_window=window)
+        patch, provenance = serving.patch_from_dicom(datasets, model.image_size, box=box, hu_window=window,
+                                                     mask2d=mask)
         feats = serving.encode(model, patch[None], genes)
         return {"request_id": current_request_id(), "model": model.describe(), **feats.row(0),
                 "patch": provenance}

@@ -193,6 +193,18 @@ def test_dicom_series_in_features_out_no_phi(server) -> None:
         # one slice + a box
         one = c.post("/extract", files=[("files", files[3])], data={"box": "[10, 12, 20, 22]"})
         assert one.status_code == 200, one.text
+        # one slice + a mask (.npy): the mask is the box, so the features are the same
+        m = np.zeros((S, S), np.uint8)
+        m[10:20, 12:22] = 1
+        mbuf = io.BytesIO()
+        np.save(mbuf, m)
+        masked = c.post("/extract", files=[("files", files[3]), ("files", ("mask.npy", mbuf.getvalue()))])
+        assert masked.status_code == 200, masked.text
+        assert np.allclose(masked.json()["latent"], one.json()["latent"])
+        wrong = io.BytesIO()
+        np.save(wrong, np.ones((S, S + 1), np.uint8))
+        bad = c.post("/extract", files=[("files", files[3]), ("files", ("mask.npy", wrong.getvalue()))])
+        assert bad.status_code == 422 and "grid" in bad.json()["message"]
     text = r.text + z.text + one.text + log.read_text(errors="replace")
     assert not [p for p in planted if p in text]
 

@@ -352,3 +352,19 @@ def test_cli_serve_refuses_to_start_without_keys(monkeypatch) -> None:  # noqa: 
     monkeypatch.delenv("RGOPS_API_KEYS_FILE", raising=False)
     result = CliRunner().invoke(app, ["serve", "--port", "3999"])
     assert result.exit_code == 1 and "no API keys configured" in result.output
+
+
+def test_npy_mask() -> None:
+    def npy(a: np.ndarray) -> bytes:
+        b = io.BytesIO()
+        np.save(b, a)
+        return b.getvalue()
+
+    m = np.zeros((4, 4), np.uint8)
+    m[1, 2] = 1
+    assert serving.read_npy_mask([npy(m)]).shape == (4, 4)
+    for bad in (np.zeros((4, 4)), np.ones((1, 4, 4)), np.array(["a", "b"]).reshape(1, 2)):
+        with pytest.raises(ShapeError, match="tumour mask"):
+            serving.read_npy_mask([npy(bad)])
+    with pytest.raises(ShapeError, match="2 .npy files"):
+        serving.read_npy_mask([npy(m), npy(m)])
