@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from rgops.data.dicom import (
     referenced_series_uids,
     segmentation_mask,
 )
-from rgops.data.genomics import read_clinical, read_gene_table
+from rgops.data.genomics import GeneTable, read_clinical, read_gene_table
 from rgops.data.pseudonym import load_key, pseudonymize
 from rgops.errors import (
     CohortError,
@@ -436,26 +436,59 @@ def assign_splits(pseudo_ids: Sequence[str], fractions: Sequence[float], seed: i
     return out
 
 
-def ingest_cohort(cohort: str | Path, out: str | Path, config: IngestConfig, key: bytes | None = None,
-                  progress: Progress | None = None) -> IngestReport:
-    """Ingest a cohort folder into a datasets folder (layout: docs/architecture.md).
+@dataclass(frozen=True)
+class PatientJob:
+    """One patient's work, small enough to ship to another process (:func:`run_patient_job`).
 
-    Args:
-        cohort: the cohort folder (``ct/``, ``genes.tsv``, ``clinical.csv``).
-        out: the datasets folder to write; replaced atomically (rename) when complete.
-        config: the ``ingest`` parameters.
-        key: pseudonymisation key; default :func:`rgops.data.pseudonym.load_key`.
-        progress: called as ``progress(done, total)`` after each patient.
+    ``folder`` is named by the source PatientID and ``key`` is the pseudonymisation key: both are
+    left out of ``repr`` so that an orchestrator that prints or stores its task inputs' repr sees
+    only ``index`` and the pseudonym. Orchestrators should name the work by ``index``.
+    """
 
-    Returns:
-        The :class:`IngestReport` (also written as ``ingest_report.json``).
+    index: int
+    pseudo_id: str
+    folder: str = field(repr=False)
+    config: IngestConfig = field(repr=False)
+    key: bytes = field(repr=False)
+
+
+def run_patient_job(job: PatientJob) -> PatientResult:
+    """Run :func:`ingest_patient` for one :class:`PatientJob` (module-level, so it pickles)."""
+    return ingest_patient(job.folder, job.config, job.key)
+
+
+#: ``map_fn(run_patient_job, jobs)`` -> one result per job, in any order (matched by pseudonym).
+MapFn = Callable[[Callable[[PatientJob], PatientResult], list[PatientJob]], Iterable[PatientResult]]
+
+
+@dataclass
+class CohortPlan:
+    """What :func:`plan_cohort` read: the tables, the per-patient jobs and the skips known up front."""
+
+    cohort: Path
+    config: IngestConfig
+    key: bytes = field(repr=False)
+    table: GeneTable = field(repr=False)
+    clinical: pd.DataFrame = field(repr=False)
+    gene_pid: dict[str, str] = field(repr=False)  # pseudonym -> source sample id
+    seen: list[str]
+    skipped: dict[str, list[str]]
+    jobs: list[PatientJob] = field(repr=False)
+    t0: float = 0.0
+
+
+def plan_cohort(cohort: str | Path, config: IngestConfig, key: bytes | None = None) -> CohortPlan:
+    """Read and check the cohort's tables and list one :class:`PatientJob` per patient to ingest.
+
+    Jobs come in pseudonym order, indexed 0..n-1. Patients with images but no gene column (or
+    the reverse) are already counted in ``plan.skipped``.
 
     Raises:
-        CohortError: the cohort folder is not laid out as documented, or no patient is usable.
+        CohortError: no ``ct/`` folder or no ``genes.tsv``.
         GeneTableError: the gene table is malformed.
     """
     t0 = time.perf_counter()
-    cohort, out = Path(cohort), Path(out)
+    cohort = Path(cohort)
     key = key if key is not None else load_key()
     ct_root = cohort / "ct"
     if not ct_root.is_dir():
@@ -477,18 +510,77 @@ def ingest_cohort(cohort: str | Path, out: str | Path, config: IngestConfig, key
     for pid in sorted(set(patient_dirs) - set(gene_pid)):
         skipped.setdefault("no_genes", []).append(pid)
         log.warning("patient %s skipped (no_genes): images but no genes.tsv column", pid)
+    jobs = [PatientJob(i, pid, str(patient_dirs[pid]), config, key) for i, pid in enumerate(todo)]
+    return CohortPlan(cohort, config, key, table, clinical, gene_pid, seen, skipped, jobs, t0)
 
+
+def _loop(fn: Callable[[PatientJob], PatientResult], jobs: list[PatientJob]) -> Iterable[PatientResult]:
+    return (fn(job) for job in jobs)
+
+
+def ingest_cohort(cohort: str | Path, out: str | Path, config: IngestConfig, key: bytes | None = None,
+                  progress: Progress | None = None, map_fn: MapFn | None = None) -> IngestReport:
+    """Ingest a cohort folder into a datasets folder (layout: docs/architecture.md).
+
+    :func:`plan_cohort`, then the per-patient jobs through ``map_fn``, then :func:`assemble_cohort`.
+
+    Args:
+        cohort: the cohort folder (``ct/``, ``genes.tsv``, ``clinical.csv``).
+        out: the datasets folder to write; replaced atomically (rename) when complete.
+        config: the ``ingest`` parameters.
+        key: pseudonymisation key; default :func:`rgops.data.pseudonym.load_key`.
+        progress: called as ``progress(done, total)`` after each patient result arrives.
+        map_fn: runs the per-patient work, ``map_fn(run_patient_job, jobs)`` -> results in any
+            order (e.g. on a Dask cluster); default an in-process loop. The output does not depend
+            on it: results are put back in patient order.
+
+    Returns:
+        The :class:`IngestReport` (also written as ``ingest_report.json``).
+
+    Raises:
+        CohortError: the cohort folder is not laid out as documented, no patient is usable, or
+            ``map_fn`` returned results that do not match the jobs one to one.
+        GeneTableError: the gene table is malformed.
+    """
+    plan = plan_cohort(cohort, config, key)
     results: list[PatientResult] = []
+    for i, r in enumerate((map_fn or _loop)(run_patient_job, plan.jobs)):
+        results.append(r)
+        if progress is not None:
+            progress(i + 1, len(plan.jobs))
+    return assemble_cohort(plan, results, out)
+
+
+def assemble_cohort(plan: CohortPlan, results: Iterable[PatientResult], out: str | Path) -> IngestReport:
+    """Write the datasets folder from a plan and its patients' results (in any order).
+
+    Counts the skipped patients, splits, normalises genes with train-split statistics and writes
+    every file into a temporary folder renamed to ``out`` when complete.
+
+    Raises:
+        CohortError: ``results`` do not match ``plan.jobs`` one to one, or no patient is usable.
+    """
+    cohort, config, key, table, clinical, gene_pid = (plan.cohort, plan.config, plan.key, plan.table,
+                                                      plan.clinical, plan.gene_pid)
+    out = Path(out)
+    t0, seen = plan.t0, plan.seen
+    skipped = {k: list(v) for k, v in plan.skipped.items()}
+    got = list(results)
+    by_pid = {r.pseudo_id: r for r in got}
+    expected = [job.pseudo_id for job in plan.jobs]
+    if len(got) != len(expected) or sorted(by_pid) != sorted(expected):
+        missing, extra = sorted(set(expected) - set(by_pid)), sorted(set(by_pid) - set(expected))
+        raise CohortError(f"cohort {str(cohort)!r}: got {len(got)} patient results for {len(expected)} jobs "
+                          f"(missing {missing}, unexpected {extra}); expected one result per planned patient")
+    results = []
     instances: list[dict[str, Any]] = []
-    for i, pid in enumerate(todo):
-        r = ingest_patient(patient_dirs[pid], config, key)
+    for pid in expected:  # patient order, whatever order the results arrived in
+        r = by_pid[pid]
         instances.extend(r.instances)
         if r.ok:
             results.append(r)
         else:
             skipped.setdefault(r.skip_reason or "unknown", []).append(pid)
-        if progress is not None:
-            progress(i + 1, len(todo))
     if not results:
         counts = {k: len(v) for k, v in skipped.items()}
         raise CohortError(
@@ -554,5 +646,6 @@ def _replace(tmp: Path, out: Path) -> None:
     os.chmod(out, 0o755)
 
 
-__all__ = ["IngestConfig", "IngestReport", "PatientResult", "REASONS", "assign_splits", "extract_patch",
-           "ingest_cohort", "ingest_patient", "split_score", "tumour_bbox"]
+__all__ = ["CohortPlan", "IngestConfig", "IngestReport", "MapFn", "PatientJob", "PatientResult", "REASONS",
+           "assemble_cohort", "assign_splits", "extract_patch", "ingest_cohort", "ingest_patient", "plan_cohort",
+           "run_patient_job", "split_score", "tumour_bbox"]

@@ -1,0 +1,103 @@
+"""ingest_cohort with a map function (the per-patient fan-out) against the in-process loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import rg_dicom_factory as f
+
+from rgops.data.ingest import (
+    IngestConfig,
+    PatientResult,
+    assemble_cohort,
+    ingest_cohort,
+    plan_cohort,
+    run_patient_job,
+)
+from rgops.errors import CohortError
+
+TINY_KEY = os.environ["RGOPS_PSEUDONYM_KEY"].encode()  # the key tiny_datasets was ingested with
+KEY = b"fanout-test-key-0123456789abcdef"
+IDS = [f"F08-{i:03d}" for i in range(4)]  # 0-1 complete, 2 without SEG, 3 a truncated slice
+
+
+def reversed_map(fn, jobs):
+    """Run the jobs last to first and hand the results back in that (completion) order."""
+    return [fn(job) for job in reversed(jobs)]
+
+
+def threaded_map(fn, jobs):
+    """Results in completion order from a pool of 2 threads, each job pickled as a worker would get it."""
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(lambda j: pickle.loads(pickle.dumps(fn(pickle.loads(pickle.dumps(j))))), job)
+                   for job in jobs]
+        return [fut.result() for fut in reversed(futures)]
+
+
+def folder_bytes(root: Path) -> dict[str, bytes]:
+    """Every file's bytes; ``ingest_report.json`` without its ``seconds`` (wall time)."""
+    out = {}
+    for p in sorted(root.iterdir()):
+        if p.name == "ingest_report.json":
+            report = json.loads(p.read_text())
+            report.pop("seconds")
+            out[p.name] = json.dumps(report, sort_keys=True).encode()
+        elif p.is_file():
+            out[p.name] = p.read_bytes()
+    return out
+
+
+@pytest.fixture(scope="module")
+def failing_cohort(tmp_path_factory):
+    cohort = tmp_path_factory.mktemp("fanout") / "cohort"
+    (cohort / "ct").mkdir(parents=True)
+    for i, pid in enumerate(IDS):
+        f.write_patient(cohort, pid, seed=i, with_seg=(i != 2))
+    victim = sorted((cohort / "ct" / IDS[3]).glob("*/*.dcm"))[0]
+    victim.write_bytes(victim.read_bytes()[:-300])
+    f.write_tables(cohort, IDS, IDS)
+    return cohort
+
+
+def test_map_function_gives_the_loop_bytes_on_the_tiny_cohort(tiny_cohort, tiny_datasets, tmp_path):
+    ingest_cohort(tiny_cohort, tmp_path / "mapped", IngestConfig(), key=TINY_KEY, map_fn=reversed_map)
+    loop, mapped = folder_bytes(tiny_datasets), folder_bytes(tmp_path / "mapped")
+    assert sorted(loop) == sorted(mapped)
+    assert [name for name in loop if loop[name] != mapped[name]] == []
+
+
+def test_patient_failures_in_workers_are_skipped_as_in_the_loop(failing_cohort, tmp_path):
+    loop = ingest_cohort(failing_cohort, tmp_path / "loop", IngestConfig(), key=KEY)
+    calls: list[tuple[int, int]] = []
+    mapped = ingest_cohort(failing_cohort, tmp_path / "mapped", IngestConfig(), key=KEY, map_fn=threaded_map,
+                           progress=lambda done, total: calls.append((done, total)))
+    assert loop.skipped_counts == {"bad_series": 1, "no_seg": 1}
+    assert mapped.skipped == loop.skipped and mapped.ingested == loop.ingested == 2
+    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert folder_bytes(tmp_path / "loop") == folder_bytes(tmp_path / "mapped")
+
+
+def test_jobs_are_indexed_in_pseudonym_order_and_repr_hides_folder_and_key(failing_cohort):
+    plan = plan_cohort(failing_cohort, IngestConfig(), key=KEY)
+    assert [j.index for j in plan.jobs] == [0, 1, 2, 3]
+    assert [j.pseudo_id for j in plan.jobs] == sorted(j.pseudo_id for j in plan.jobs)
+    text = repr(plan.jobs) + repr(plan)
+    assert not [s for s in IDS + [KEY.decode()] if s in text]  # the cohort path alone names no one
+    assert pickle.loads(pickle.dumps(plan.jobs[0])) == plan.jobs[0]
+
+
+def test_results_that_do_not_match_the_jobs_are_refused(failing_cohort, tmp_path):
+    plan = plan_cohort(failing_cohort, IngestConfig(), key=KEY)
+    results = [run_patient_job(job) for job in plan.jobs]
+    with pytest.raises(CohortError, match=r"got 3 patient results for 4 jobs \(missing \['P-"):
+        assemble_cohort(plan, results[:3], tmp_path / "short")
+    with pytest.raises(CohortError, match="got 5 patient results for 4 jobs"):
+        assemble_cohort(plan, results + [results[0]], tmp_path / "dup")
+    with pytest.raises(CohortError, match=r"unexpected \['P-stranger'\]"):
+        assemble_cohort(plan, results[:3] + [PatientResult("P-stranger")], tmp_path / "odd")
+    assert not (tmp_path / "short").exists() and not (tmp_path / "dup").exists()
