@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
+from flows.ingest import run_ingest_fanout
 from rgops import retrain as R
 from rgops.config import load_params
 from rgops.errors import TrackingError
@@ -79,6 +80,8 @@ def retrain(
     experiment: str = "rgops",
     approval_timeout_s: int = 3600,
     device: Optional[str] = None,
+    ingest_workers: int = 2,
+    dask_address: Optional[str] = None,
 ) -> dict[str, Any]:
     """Retrain both models on ``cohort`` and promote what passes the gates (and the reviewer).
 
@@ -92,6 +95,10 @@ def retrain(
         experiment: MLflow experiment of the training runs.
         approval_timeout_s: how long a manual approval waits before the version stays @challenger.
         device: training device (``auto`` default).
+        ingest_workers: ingest fans out one task per patient over a local Dask cluster of this many
+            processes (:mod:`flows.ingest`); 0 or 1 ingests in-process, without Dask.
+        dask_address: a Dask scheduler (``tcp://host:8786``) to fan ingest out to instead of a local
+            cluster; it takes precedence over ``ingest_workers``.
 
     Returns:
         ``{"candidates": {kind: version}, "promoted": {kind: version}, "pending": {...}, "rejected": {...}}``.
@@ -112,7 +119,11 @@ def retrain(
         logger.warning("marked %d run(s) left RUNNING by dead processes as FAILED: %s", len(reaped), reaped)
 
     vc = validate_cohort_task(cohort, params, reports_dir)
-    ing = ingest_task(cohort, work / "datasets", params)
+    if dask_address or ingest_workers > 1:
+        ing = run_ingest_fanout(cohort, str(work / "datasets"), params, workers=ingest_workers,
+                                dask_address=dask_address)
+    else:
+        ing = ingest_task(cohort, work / "datasets", params)
     vd = validate_datasets_task(ing.path, params, reports_dir)
     create_markdown_artifact(f"## Cohort\n\n{vc.markdown}\n\n## Datasets (data {vd.data_digest[:12]}, "
                              f"ingest {'cached' if ing.cached else 'run'})\n\n{vd.markdown}",

@@ -299,6 +299,10 @@ def retrain_cmd(
     tracking_uri: Optional[str] = TrackingOpt,
     experiment: str = typer.Option("rgops", "--experiment", help="MLflow experiment of the training runs."),
     approval_timeout: int = typer.Option(3600, "--approval-timeout", help="Seconds a manual approval waits."),
+    ingest_workers: int = typer.Option(2, "--ingest-workers", help="Ingest one Prefect task per patient on a "
+                                       "local Dask cluster of N processes; 0 or 1: in-process, no Dask."),
+    dask_address: Optional[str] = typer.Option(None, "--dask-address", help="Dask scheduler (tcp://host:8786) "
+                                               "to fan ingest out to instead of a local cluster."),
 ) -> None:
     """Run the retrain flow once, locally: validate, ingest, train, evaluate, register, gate, promote.
 
@@ -310,12 +314,14 @@ def retrain_cmd(
 
     if approval not in (None, "auto", "manual"):
         raise ConfigError(f"--approval got {approval!r}, expected auto or manual")
+    if ingest_workers < 0:
+        raise ConfigError(f"--ingest-workers got {ingest_workers}, expected 0 or more (0 or 1: no Dask)")
     # The flow is the Prefect shell over rgops.retrain; imported here so rgops itself stays
     # free of Prefect at import time.
     flow = importlib.import_module("flows.retrain").retrain
     result = flow(cohort=str(cohort), workdir=str(workdir), params_path=str(params), preset=preset,
                   approval=approval, tracking_uri=tracking_uri, experiment=experiment,
-                  approval_timeout_s=approval_timeout)
+                  approval_timeout_s=approval_timeout, ingest_workers=ingest_workers, dask_address=dask_address)
     for key in ("promoted", "rejected", "pending"):
         for kind, version in sorted(result[key].items()):
             typer.echo(f"rgops-{kind} version {version}: {key}")

@@ -22,9 +22,12 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rgops.errors import DataValidationError, PromotionRefused
+
+if TYPE_CHECKING:
+    from rgops.data.ingest import MapFn
 
 log = logging.getLogger(__name__)
 
@@ -111,32 +114,54 @@ def cohort_fingerprint(cohort: str | Path, params: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
-def ingest_step(cohort: str | Path, out: str | Path, params: Mapping[str, Any], progress: ProgressFn | None = None
-                ) -> IngestOutcome:
-    """Ingest ``cohort`` into ``out`` unless ``out`` already holds the ingest of the same bytes and params.
+def cached_ingest(cohort: str | Path, out: str | Path, params: Mapping[str, Any], fingerprint: str | None = None
+                  ) -> IngestOutcome | None:
+    """The :class:`IngestOutcome` of ``out`` when it already holds the ingest of ``cohort`` with these
+    ``ingest`` params (and its datasets digest still matches), else None.
 
-    The cache key (:func:`cohort_fingerprint`) is stored beside the datasets as ``.rgops-ingest.json``
-    and checked together with the datasets digest, so an edited datasets folder is re-ingested.
+    The cache key (:func:`cohort_fingerprint`, or ``fingerprint`` when the caller computed it) is
+    stored beside the datasets as ``.rgops-ingest.json``.
     """
     from rgops.data.datasets import Datasets
-    from rgops.data.ingest import IngestConfig, ingest_cohort
     from rgops.errors import DatasetError
 
     out = Path(out)
-    fp = cohort_fingerprint(cohort, params)
+    fp = fingerprint or cohort_fingerprint(cohort, params)
     stamp = out / INGEST_STAMP
-    if stamp.is_file():
-        try:
-            recorded = json.loads(stamp.read_text())
-            digest = Datasets.load(out).digest()
-        except (ValueError, DatasetError, OSError):
-            recorded, digest = {}, None
-        if recorded.get("fingerprint") == fp and recorded.get("data_digest") == digest:
-            log.info("ingest cached: %s already holds cohort %s (data %s)", out, fp[:12], digest[:12])
-            return IngestOutcome(str(out), digest, True, fp, recorded.get("report", {}))
-    report = ingest_cohort(cohort, out, IngestConfig.from_params(dict(params)), progress=progress)
+    if not stamp.is_file():
+        return None
+    try:
+        recorded = json.loads(stamp.read_text())
+        digest = Datasets.load(out).digest()
+    except (ValueError, DatasetError, OSError):
+        return None
+    if recorded.get("fingerprint") != fp or recorded.get("data_digest") != digest:
+        return None
+    log.info("ingest cached: %s already holds cohort %s (data %s)", out, fp[:12], digest[:12])
+    return IngestOutcome(str(out), digest, True, fp, recorded.get("report", {}))
+
+
+def ingest_step(cohort: str | Path, out: str | Path, params: Mapping[str, Any], progress: ProgressFn | None = None,
+                map_fn: MapFn | None = None) -> IngestOutcome:
+    """Ingest ``cohort`` into ``out`` unless ``out`` already holds the ingest of the same bytes and params.
+
+    The cache key (:func:`cohort_fingerprint`) is stored beside the datasets as ``.rgops-ingest.json``
+    and checked together with the datasets digest (:func:`cached_ingest`), so an edited datasets folder
+    is re-ingested. ``map_fn`` runs the per-patient work elsewhere (see
+    :func:`rgops.data.ingest.ingest_cohort`); the datasets do not depend on it.
+    """
+    from rgops.data.datasets import Datasets
+    from rgops.data.ingest import IngestConfig, ingest_cohort
+
+    out = Path(out)
+    fp = cohort_fingerprint(cohort, params)
+    cached = cached_ingest(cohort, out, params, fp)
+    if cached is not None:
+        return cached
+    report = ingest_cohort(cohort, out, IngestConfig.from_params(dict(params)), progress=progress, map_fn=map_fn)
     digest = Datasets.load(out).digest()
-    stamp.write_text(json.dumps({"fingerprint": fp, "data_digest": digest, "report": report.to_json()}))
+    stamp = {"fingerprint": fp, "data_digest": digest, "report": report.to_json()}
+    (out / INGEST_STAMP).write_text(json.dumps(stamp))
     return IngestOutcome(str(out), digest, False, fp, report.to_json())
 
 
@@ -362,6 +387,6 @@ def reap_orphan_runs(tracking_uri: str | None = None, experiment: str = "rgops")
 
 
 __all__ = ["Candidate", "ChampionRecord", "IngestOutcome", "PromotionRefused", "TrainedModel", "ValidationOutcome",
-           "champion_step", "cohort_fingerprint", "evaluate_step", "gate_step", "gates_markdown", "ingest_step",
-           "owner_tags", "promote_step", "reap_orphan_runs", "refusal_error", "register_step", "train_step",
-           "validate_cohort_step", "validate_datasets_step"]
+           "cached_ingest", "champion_step", "cohort_fingerprint", "evaluate_step", "gate_step", "gates_markdown",
+           "ingest_step", "owner_tags", "promote_step", "reap_orphan_runs", "refusal_error", "register_step",
+           "train_step", "validate_cohort_step", "validate_datasets_step"]

@@ -101,3 +101,37 @@ def test_results_that_do_not_match_the_jobs_are_refused(failing_cohort, tmp_path
     with pytest.raises(CohortError, match=r"unexpected \['P-stranger'\]"):
         assemble_cohort(plan, results[:3] + [PatientResult("P-stranger")], tmp_path / "odd")
     assert not (tmp_path / "short").exists() and not (tmp_path / "dup").exists()
+
+
+def test_ingest_step_skips_an_unchanged_cohort_before_mapping(failing_cohort, tmp_path, monkeypatch):
+    from rgops.retrain import cached_ingest, ingest_step
+
+    monkeypatch.setenv("RGOPS_PSEUDONYM_KEY", KEY.decode())
+    mapped: list[int] = []
+
+    def counting_map(fn, jobs):
+        mapped.append(len(jobs))
+        return reversed_map(fn, jobs)
+
+    params = {"ingest": {"patch_size": 32}}
+    out = tmp_path / "datasets"
+    first = ingest_step(failing_cohort, out, params, map_fn=counting_map)
+    assert not first.cached and first.report["ingested"] == 2 and mapped == [4]
+    again = ingest_step(failing_cohort, out, params, map_fn=counting_map)
+    assert again.cached and again.data_digest == first.data_digest and mapped == [4]
+    assert cached_ingest(failing_cohort, out, {"ingest": {"patch_size": 16}}) is None
+    ingest_step(failing_cohort, out, {"ingest": {"patch_size": 16}}, map_fn=counting_map)
+    assert mapped == [4, 4]
+
+
+def test_cli_retrain_refuses_negative_ingest_workers_and_lists_the_dask_options(tmp_path):
+    from typer.testing import CliRunner
+
+    from rgops.cli import app
+
+    result = CliRunner().invoke(app, ["retrain", str(tmp_path), "--ingest-workers", "-1"])
+    assert result.exit_code == 1
+    assert "--ingest-workers got -1, expected 0 or more" in result.output
+    assert not (tmp_path / "retrain-output").exists()
+    helptext = CliRunner().invoke(app, ["retrain", "--help"], terminal_width=200).output
+    assert "--dask-address" in helptext and "--ingest-workers" in helptext
