@@ -453,8 +453,21 @@ class PatientJob:
 
 
 def run_patient_job(job: PatientJob) -> PatientResult:
-    """Run :func:`ingest_patient` for one :class:`PatientJob` (module-level, so it pickles)."""
-    return ingest_patient(job.folder, job.config, job.key)
+    """Run :func:`ingest_patient` for one :class:`PatientJob` (module-level, so it pickles).
+
+    Raises:
+        CohortError: an unexpected failure (e.g. an unreadable folder); its message names the
+            patient by index and pseudonym only, and the original exception is not chained,
+            because an orchestrator stores failure tracebacks and the folder is the PatientID.
+    """
+    try:
+        return ingest_patient(job.folder, job.config, job.key)
+    except Exception as exc:  # noqa: BLE001 - re-raised, redacted
+        folder = Path(job.folder)
+        detail = str(exc).replace(str(folder), "<patient>").replace(folder.name, "<patient>")
+        err = CohortError(f"patient job {job.index} ({job.pseudo_id}) failed with {type(exc).__name__}: {detail}; "
+                          "expected a readable ct/<PatientID>/ folder: check its files and permissions")
+    raise err
 
 
 #: ``map_fn(run_patient_job, jobs)`` -> one result per job, in any order (matched by pseudonym).

@@ -135,3 +135,14 @@ def test_cli_retrain_refuses_negative_ingest_workers_and_lists_the_dask_options(
     assert not (tmp_path / "retrain-output").exists()
     helptext = CliRunner().invoke(app, ["retrain", "--help"], terminal_width=200).output
     assert "--dask-address" in helptext and "--ingest-workers" in helptext
+
+
+def test_an_unexpected_patient_failure_names_the_job_not_the_folder(failing_cohort, tmp_path):
+    import dataclasses
+
+    plan = plan_cohort(failing_cohort, IngestConfig(), key=KEY)
+    gone = dataclasses.replace(plan.jobs[1], folder=str(tmp_path / "ct" / "SRC-ID-42"))
+    with pytest.raises(CohortError, match=r"patient job 1 \(P-[0-9a-f]{16}\) failed with FileNotFoundError") as info:
+        run_patient_job(gone)
+    assert "SRC-ID-42" not in str(info.value) and info.value.__cause__ is None
+    assert info.value.__suppress_context__ or info.value.__context__ is None
