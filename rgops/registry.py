@@ -22,7 +22,8 @@ registered model's history, kept as registered-model tags ``rgops.history.<n>`` 
 Tag names on a model version::
 
     rgops.kind, rgops.run_id, rgops.data_digest, rgops.git_commit, rgops.dvc.<path>,
-    rgops.weights_sha256, rgops.validation, rgops.validation.data_digest,
+    rgops.weights_sha256, rgops.program_head_sha256 (CAE, when evaluated before registering),
+    rgops.validation, rgops.validation.data_digest,
     metric.<name>, param.<name>,
     rgops.gates (passed | failed), rgops.gates.report (JSON), rgops.gates.champion_version,
     decision (pending | approved | rejected | refused), approved_by, approved_at, comment,

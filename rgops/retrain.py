@@ -222,11 +222,15 @@ def evaluate_step(datasets: str | Path, cae_uri: str, gan_uri: str, params: Mapp
     """Held-out metrics of a CAE and a GAN (flat names such as ``cae.cv_r2.mean``, ``gan.frechet``).
 
     The models are loaded through the registry client (digests checked before unpickling). With a
-    synthetic ``cohort``, its ground truth (``COHORT-truth/``) supplies the targets.
+    synthetic ``cohort``, its ground truth (``COHORT-truth/``) supplies the targets. The CAE's
+    program head (latent -> gene-program scores) is logged to the CAE's run
+    (:func:`rgops.tracking.log_program_head`), so :func:`register_step` registers the version with
+    its ``rgops.program_head_sha256`` tag and serving returns program scores.
     """
     from rgops.data.datasets import Datasets
     from rgops.evaluation.evaluate import EvaluateConfig, evaluate, write_outputs
     from rgops.registry import Registry
+    from rgops.tracking import log_program_head
 
     ds = Datasets.load(datasets)
     reg = Registry(tracking_uri)
@@ -236,6 +240,8 @@ def evaluate_step(datasets: str | Path, cae_uri: str, gan_uri: str, params: Mapp
     result = evaluate(ds, encoders={"cae": cae.module}, gan=gan.module, truth=_truth(cohort), cfg=cfg)
     if out_dir is not None:
         write_outputs(result, Path(out_dir) / "evaluation.json", Path(out_dir) / "report", cfg)
+    if "cae" in result.program_heads:
+        log_program_head(cae.run_id, result.program_heads["cae"])
     return {k: float(v) for k, v in result.metrics.items()}
 
 

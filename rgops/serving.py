@@ -290,7 +290,8 @@ def registry_source(tracking_uri: str | None = None, device: str = "cpu") -> tup
 
     The loader pins the version it resolved (``models:/<name>/<version>``), so an alias moving
     between resolving and loading cannot mix versions, and ``rgops.tracking.load_logged_model``
-    verifies the weights' SHA-256 against the digest recorded at registration before unpickling.
+    verifies the weights' SHA-256 against the digest recorded at registration before unpickling, and
+    the program head's against the version's ``rgops.program_head_sha256`` (no head: no program scores).
     The module is then moved to ``device``.
     """
     from rgops.registry import Registry
@@ -301,10 +302,8 @@ def registry_source(tracking_uri: str | None = None, device: str = "cpu") -> tup
         return registry.aliases(name).get(alias)
 
     def load(name: str, version: str, alias: str | None) -> ServedModel:
-        from rgops import tracking
-
         info = registry.version(name, version)
-        loaded = tracking.load_logged_model(f"models:/{name}/{version}")
+        loaded = registry.load_model(f"models:/{name}/{version}")  # weights and program head digest-checked
         recorded = info.tags.get("rgops.weights_sha256")
         if recorded and loaded.weights_sha256 != recorded:
             from rgops.errors import IntegrityError

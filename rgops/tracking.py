@@ -42,6 +42,8 @@ HU_WINDOW = (-1000.0, 500.0)
 MODEL_NAME = "model"
 TAG_WEIGHTS = "rgops.weights_sha256"  # SHA-256 of the pickled module (data/model.pth)
 TAG_FILES = "rgops.files_sha256"  # JSON {relative path: SHA-256} of every file we check
+TAG_PROGRAM_HEAD = "rgops.program_head_sha256"  # SHA-256 of the CAE's program head (program_head/<sha>.json)
+PROGRAM_HEAD_DIR = "program_head"
 CHECKED_FILES = ("data/model.pth", "extra_files/config.json", "extra_files/gene_panel.json",
                  "extra_files/metadata.json", "extra_files/state_dict.pt")
 _CONFIGS = {"cae": CAEConfig, "gan": GANConfig}
@@ -234,6 +236,9 @@ class LoadedModel:
         card: the model card (metadata.json).
         weights_sha256: SHA-256 of the pickled module that was loaded.
         run_id: the MLflow run that produced it.
+        program_head: the latent -> gene-program map fitted at evaluation time
+            (``rgops.serving.ProgramHead`` JSON: names, coef, intercept), digest-checked; None when
+            the model (for a registry URI: the version) records none.
     """
 
     kind: Literal["cae", "gan"]
@@ -243,6 +248,7 @@ class LoadedModel:
     card: dict[str, Any]
     weights_sha256: str
     run_id: str
+    program_head: dict[str, Any] | None = None
 
 
 def model_card(kind: str, config: CAEConfig | GANConfig, panel: GenePanel, datasets: Datasets | None,
@@ -331,46 +337,101 @@ def _digests(local_dir: str | Path) -> dict[str, str]:
     return {f: sha256_file(root / f) for f in CHECKED_FILES}
 
 
-def _run_id_of(model_uri: str) -> str:
-    """The run that logged ``model_uri``, asked of the tracking store (not of the artifact files)."""
+def _resolve(model_uri: str) -> tuple[str, dict[str, str] | None]:
+    """The run that logged ``model_uri`` and, for a registry URI (``models:/NAME/VERSION`` or
+    ``models:/NAME@ALIAS``), the version's tags; asked of the tracking store, not of the artifacts."""
     import mlflow
     from mlflow import MlflowClient
 
     client = MlflowClient()
     try:
         if model_uri.startswith("runs:/"):
-            return model_uri[len("runs:/"):].split("/", 1)[0]
+            return model_uri[len("runs:/"):].split("/", 1)[0], None
         if model_uri.startswith("models:/"):
             ref = model_uri[len("models:/"):]
             if ref.startswith("m-"):
-                return client.get_logged_model(ref.split("/", 1)[0]).source_run_id
+                return client.get_logged_model(ref.split("/", 1)[0]).source_run_id, None
             name, _, rest = ref.partition("@")
             if rest:
                 mv = client.get_model_version_by_alias(name, rest)
             else:
                 name, _, version = ref.partition("/")
                 mv = client.get_model_version(name, version)
-            return mv.run_id
+            return mv.run_id, dict(mv.tags or {})
     except mlflow.exceptions.MlflowException as exc:
         raise RegistryError(f"model {model_uri!r} not found in {mlflow.get_tracking_uri()!r}: {exc}") from None
     raise RegistryError(f"model URI {model_uri!r} is not runs:/..., models:/m-..., models:/NAME/VERSION or "
                         "models:/NAME@ALIAS")
 
 
+def log_program_head(run_id: str, head: Mapping[str, Any]) -> str:
+    """Log a program head (``rgops.serving.ProgramHead`` JSON) to an existing run and tag its digest.
+
+    The file goes to ``program_head/<sha256>.json`` (content-addressed, so re-evaluating a run
+    never overwrites the head an already registered version points at) and the run gains the tag
+    ``rgops.program_head_sha256``, which :meth:`rgops.registry.Registry.register` copies onto the
+    version with the run's other ``rgops.*`` tags. Returns the SHA-256.
+
+    Raises:
+        TrackingError: ``head`` lacks ``names``/``coef``/``intercept``, or MLflow refuses the run.
+    """
+    missing = sorted({"names", "coef", "intercept"} - set(head))
+    if missing:
+        raise TrackingError(f"program head for run {run_id} lacks {missing} (has {sorted(head)}); "
+                            "pass evaluation.json's program_heads[<encoder>]")
+    text = json.dumps({"names": list(head["names"]), "coef": head["coef"], "intercept": head["intercept"]},
+                      sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    with tempfile.TemporaryDirectory() as tmp, MlflowTracker(run_id=run_id) as tracker:
+        path = Path(tmp) / f"{digest}.json"
+        path.write_text(text)
+        tracker.log_artifact(path, PROGRAM_HEAD_DIR)
+        tracker.set_tags({TAG_PROGRAM_HEAD: digest})
+    log.info("logged program head (%d programs, sha256 %s) to run %s", len(head["names"]), digest[:12], run_id)
+    return digest
+
+
+def load_program_head(run_id: str, expected_sha256: str) -> dict[str, Any]:
+    """The program head logged to ``run_id`` with digest ``expected_sha256``, verified before use.
+
+    Raises:
+        IntegrityError: the file is missing or its SHA-256 differs from ``expected_sha256``.
+    """
+    import mlflow
+
+    uri = f"runs:/{run_id}/{PROGRAM_HEAD_DIR}/{expected_sha256}.json"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp))
+        except (mlflow.exceptions.MlflowException, OSError) as exc:
+            raise IntegrityError(f"run {run_id} records program head sha256 {expected_sha256[:16]}... but "
+                                 f"{uri!r} cannot be read ({exc}); re-run `rgops evaluate` for this model") from None
+        actual = sha256_file(local)
+        if actual != expected_sha256:
+            raise IntegrityError(
+                f"program head of run {run_id}: SHA-256 {actual[:16]}... differs from the recorded "
+                f"{expected_sha256[:16]}...; the artifact was altered: do not serve it, re-run `rgops evaluate`")
+        return json.loads(local.read_text())
+
+
 def load_logged_model(model_uri: str) -> LoadedModel:
     """Download a model logged by :func:`log_model`, verify its SHA-256 digests against the run's
     tags, then load it through ``mlflow.pytorch.load_model``.
 
+    The program head comes along when one is recorded: for a registry URI the version's
+    ``rgops.program_head_sha256`` tag names it (the head the version was registered with), for a
+    ``runs:/`` or ``models:/m-`` URI the run's tag (the latest evaluation); see :func:`load_program_head`.
+
     Raises:
         IntegrityError: a file's digest differs from the one recorded at logging time (checked
-            before anything is unpickled).
+            before anything is unpickled), or the recorded program head is missing or altered.
         RegistryError: the model URI does not resolve.
     """
     import mlflow
     import mlflow.pytorch
     from mlflow import MlflowClient
 
-    run_id = _run_id_of(model_uri)
+    run_id, version_tags = _resolve(model_uri)
     tags = MlflowClient().get_run(run_id).data.tags
     if TAG_FILES not in tags:
         raise IntegrityError(f"run {run_id} has no {TAG_FILES} tag: model {model_uri!r} was not logged by rgops; "
@@ -397,7 +458,10 @@ def load_logged_model(model_uri: str) -> LoadedModel:
         card = json.loads((extra / "metadata.json").read_text())
         module = mlflow.pytorch.load_model(local, map_location="cpu")
     module.eval()
-    return LoadedModel(kind, module, config, panel, card, actual["data/model.pth"], run_id)
+    # A registry version carries the head it was registered with; other URIs the run's latest.
+    head_sha = (version_tags if version_tags is not None else tags).get(TAG_PROGRAM_HEAD)
+    head = load_program_head(run_id, head_sha) if head_sha else None
+    return LoadedModel(kind, module, config, panel, card, actual["data/model.pth"], run_id, head)
 
 
 # --- evaluation (rgops/evaluation/evaluate.py) -----------------------------------------------------

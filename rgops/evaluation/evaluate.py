@@ -585,7 +585,9 @@ def run_evaluation(
     progress: Progress | None = None,
 ) -> EvaluationResult:
     """What ``rgops evaluate`` does: load the datasets and logged models, evaluate, write the JSON
-    and report, and log metrics and files to the MLflow run of every evaluated model.
+    and report, and log metrics and files to the MLflow run of every evaluated model. The ``cae``
+    encoder's program head is also logged to its run (:func:`rgops.tracking.log_program_head`): a
+    version registered from that run afterwards serves program scores.
 
     Args:
         encoder_uris: name -> model URI of a CAE-kind model (``models:/rgops-cae@challenger``,
@@ -636,4 +638,6 @@ def run_evaluation(
         files["program_heads"] = heads_file
         for run_id in dict.fromkeys(lm.run_id for lm in loaded.values()):
             tracking.log_evaluation(run_id, result.metrics, files, Path(report_dir))
+        if "cae" in loaded and "cae" in result.program_heads:
+            tracking.log_program_head(loaded["cae"].run_id, result.program_heads["cae"])
     return result

@@ -79,6 +79,11 @@ def test_evaluate_command_logs_to_model_runs(store, train_datasets_dir, tmp_path
         assert run.data.metrics["gan.frechet"] == pytest.approx(doc["metrics"]["gan.frechet"])
         names = {a.path for a in client.list_artifacts(runs[kind], "evaluation")}
         assert {"evaluation/report.html", "evaluation/evaluation.json", "evaluation/figures"} <= names
+    from rgops.tracking import TAG_PROGRAM_HEAD, load_logged_model
+
+    assert len(client.get_run(runs["cae"]).data.tags[TAG_PROGRAM_HEAD]) == 64  # the CAE's head goes with its run
+    assert TAG_PROGRAM_HEAD not in client.get_run(runs["gan"]).data.tags
+    assert load_logged_model(f"runs:/{runs['cae']}/model").program_head == doc["program_heads"]["cae"]
 
 
 def test_evaluate_command_reports_bad_input(tmp_path, train_datasets_dir):
