@@ -81,6 +81,8 @@ def test_retrain_twice_champion_then_refused(prefect_harness, retrain_env, tmp_p
     assert v1.tags["rgops.validation"] == "passed" and v1.tags["rgops.validation.data_digest"] == v1.tags["rgops.data_digest"]
     patches = tmp_path / "work" / "datasets" / "patches.npy"
     ingested_at = patches.stat().st_mtime_ns
+    _assert_no_identifier_left(retrain_env[0], tmp_path)
+    _assert_champion_cae_serves_program_scores(reg, uri)
 
     second = _run(retrain_env, tmp_path, uri, preset="worse", approval="auto")
     assert second.is_failed()
@@ -92,6 +94,41 @@ def test_retrain_twice_champion_then_refused(prefect_harness, retrain_env, tmp_p
     assert reg.version("rgops-gan", 2).tags["decision"] == "refused"
     assert reg.aliases("rgops-cae")["champion"] == "2"  # the CAE passed its own gates
     assert [e.action for e in reg.history("rgops-gan")] == ["registered", "promoted", "registered", "refused"]
+
+
+def _assert_champion_cae_serves_program_scores(reg, uri: str) -> None:
+    """The registered CAE carries its evaluated program head; serving (in-process) scores with it."""
+    import numpy as np
+
+    from rgops import serving
+    from rgops.tracking import TAG_PROGRAM_HEAD
+
+    assert len(reg.version("rgops-cae", 1).tags[TAG_PROGRAM_HEAD]) == 64
+    resolve, load = serving.registry_source(uri)
+    model = load("rgops-cae", resolve("rgops-cae", "champion"), "champion")
+    assert model.program_head is not None and len(model.program_head.names) >= 1
+    patches = np.zeros((1, 1, model.image_size, model.image_size))
+    scores = serving.encode(model, patches).row(0)["program_scores"]
+    assert set(scores) == set(model.program_head.names) and all(np.isfinite(list(scores.values())))
+
+
+def _assert_no_identifier_left(cohort: Path, tmp_path: Path) -> None:
+    """No planted header identifier in anything the flow wrote: datasets, reports, the MLflow store
+    and its artifacts (runs, models, model cards), nor Prefect's database (runs, artifacts, logs)."""
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+
+    from tests.privacy import leaks_in_tree, planted_identifiers
+
+    needles = planted_identifiers(cohort)
+    assert len(needles) > 20  # the cohort really carries PHI to find
+    assert leaks_in_tree(cohort, needles)  # positive control: the search finds it where it is
+    assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "mlartifacts").is_dir()
+    assert leaks_in_tree(tmp_path, needles) == {}
+    db_url = PREFECT_API_DATABASE_CONNECTION_URL.value() or ""
+    if db_url.startswith("sqlite"):
+        db = Path(db_url.split(":///", 1)[1])
+        hits = leaks_in_tree(db.parent, needles)
+        assert {f: n for f, n in hits.items() if f.startswith(db.name)} == {}
 
 
 def _answer_pauses(decisions, stop, seen):
