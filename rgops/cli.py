@@ -53,9 +53,10 @@ def _main(
     _setup_logging(verbose)
     # Prefect's ephemeral API gives itself 20 s to start; a busy 2-core machine needs more.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    # No telemetry from a hospital network (and none can leave this machine anyway).
+    # No telemetry from a hospital network, and no per-download progress bars in the logs.
     for var, value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("GX_ANALYTICS_ENABLED", "false"),
-                       ("BENTOML_DO_NOT_TRACK", "true"), ("DO_NOT_TRACK", "1")):
+                       ("BENTOML_DO_NOT_TRACK", "true"), ("DO_NOT_TRACK", "1"),
+                       ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):
         os.environ.setdefault(var, value)
 
 

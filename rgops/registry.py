@@ -351,13 +351,6 @@ class HistoryEntry:
         return dataclasses.asdict(self)
 
 
-def _is_unreachable(exc: BaseException) -> bool:
-    text = str(exc)
-    markers = ("API request to", "Max retries exceeded", "Connection refused", "ConnectionError",
-               "Failed to establish", "Read timed out", "RemoteDisconnected", "database is locked")
-    return any(m in text for m in markers)
-
-
 class Registry:
     """The MLflow model registry as rgops uses it.
 
@@ -381,12 +374,14 @@ class Registry:
     def _errors(self, what: str) -> Iterator[None]:
         from mlflow.exceptions import MlflowException
 
+        from rgops.tracking import is_unreachable
+
         try:
             yield
         except (RegistryError, TrackingError):
             raise
         except MlflowException as exc:
-            if _is_unreachable(exc):
+            if is_unreachable(exc):
                 raise TrackingError(
                     f"{what}: the MLflow tracking server at {self.tracking_uri} is unreachable "
                     f"({str(exc).splitlines()[0][:200]}); start it or set MLFLOW_TRACKING_URI, then retry"

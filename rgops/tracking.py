@@ -69,6 +69,15 @@ def default_artifact_location(uri: str) -> str | None:
     return None
 
 
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether an MLflow error means the tracking server (or its database) could not be reached,
+    as opposed to a request it refused."""
+    text = str(exc)
+    markers = ("API request to", "Max retries exceeded", "Connection refused", "ConnectionError",
+               "Failed to establish", "Read timed out", "RemoteDisconnected", "database is locked")
+    return any(m in text for m in markers)
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -148,11 +157,15 @@ class MlflowTracker:
             else:
                 run = mlflow.start_run(run_id=self.run_id)
         except mlflow.exceptions.MlflowException as exc:
+            if is_unreachable(exc):
+                raise TrackingError(
+                    f"the MLflow tracking server at {self.tracking_uri} is unreachable "
+                    f"({str(exc).splitlines()[0][:200]}); start it or set MLFLOW_TRACKING_URI, then retry") from None
             raise TrackingError(f"MLflow at {self.tracking_uri!r} refused to start a run: {exc}; check the "
                                 "server and RGOPS_TRACKING_URI/MLFLOW_TRACKING_URI") from None
         except OSError as exc:
-            raise TrackingError(f"MLflow at {self.tracking_uri!r} is unreachable ({exc}); start the server or "
-                                "unset RGOPS_TRACKING_URI/MLFLOW_TRACKING_URI for the local store") from None
+            raise TrackingError(f"the MLflow tracking server at {self.tracking_uri} is unreachable ({exc}); start "
+                                "it or unset RGOPS_TRACKING_URI/MLFLOW_TRACKING_URI for the local store") from None
         self.run_id = run.info.run_id
         self._active = True
         return self
