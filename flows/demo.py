@@ -29,6 +29,8 @@ from typing import Any
 
 import httpx
 
+from rgops.errors import RgopsError
+
 log = logging.getLogger("rgops.demo")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +97,11 @@ def _first_profile_tsv(cohort: Path) -> str:
                      for i, line in enumerate(lines)) + "\n"
 
 
+def _check(response: httpx.Response, route: str) -> None:
+    if response.status_code >= 400:
+        raise RgopsError(f"{route} answered {response.status_code}: {response.text[:500]}")
+
+
 def _serve_and_call(result: DemoResult, cohort: Path, tracking_uri: str, port: int | None) -> None:
     out = result.out
     key = secrets.token_urlsafe(32)
@@ -118,14 +125,14 @@ def _serve_and_call(result: DemoResult, cohort: Path, tracking_uri: str, port: i
             deadline = time.monotonic() + 300
             while True:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"bentoml serve exited with {proc.returncode}; see {server_log}")
+                    raise RgopsError(f"bentoml serve exited with {proc.returncode}; see {server_log}")
                 try:
                     if client.get("/readyz").status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the services did not become ready in 300 s; see {server_log}")
+                    raise RgopsError(f"the services did not become ready in 300 s; see {server_log}")
                 time.sleep(1.0)
             result.steps["serve: start"] = round(time.perf_counter() - t0, 1)
 
@@ -133,16 +140,18 @@ def _serve_and_call(result: DemoResult, cohort: Path, tracking_uri: str, port: i
             study = _study_zip(cohort, out / "study.zip")
             with open(study, "rb") as fh:
                 r = client.post("/extract", files={"files": ("study.zip", fh, "application/zip")})
-            r.raise_for_status()
+            _check(r, "/extract")
             result.extract = r.json()
             (out / "responses").mkdir(exist_ok=True)
             (out / "responses" / "extract.json").write_text(json.dumps(result.extract, indent=2))
             result.steps["serve: extract"] = round(time.perf_counter() - t0, 1)
 
             t0 = time.perf_counter()
+            # A real expression profile has a few missing values: ask for imputation with the training
+            # means, and the answer lists the genes it imputed.
             r = client.post("/generate", json={"profile_tsv": _first_profile_tsv(cohort), "sample": "sample",
-                                               "n_samples": 4, "seed": 0, "dicom": True})
-            r.raise_for_status()
+                                               "n_samples": 4, "seed": 0, "dicom": True, "impute": True})
+            _check(r, "/generate")
             gen = r.json()
             for i, png in enumerate(gen["png"]):
                 (out / "responses" / f"generated_{i}.png").write_bytes(base64.b64decode(png))

@@ -484,7 +484,8 @@ def demo_cmd(
         typer.echo(f"  /extract: {len(z)}-dim biomarker from {result.extract.get('model', {}).get('name', '?')} "
                    f"v{result.extract.get('model', {}).get('version', '?')} (request {result.extract.get('request_id')})")
     if result.generate:
-        typer.echo(f"  /generate: {result.generate.get('n_png')} PNG + {result.generate.get('n_dicom')} DICOM SC "
+        typer.echo(f"  /generate: {result.generate.get('n_png')} PNG + {result.generate.get('n_dicom')} DICOM SC, "
+                   f"{len(result.generate.get('imputed_genes') or [])} missing gene(s) imputed "
                    f"(request {result.generate.get('request_id')})")
     typer.echo("where to look:")
     for name, path in result.files.items():
