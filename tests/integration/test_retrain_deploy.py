@@ -41,7 +41,7 @@ def prefect_server(tmp_path):
             if proc.poll() is not None or time.monotonic() > deadline:
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)
-                pytest.skip(f"`prefect server start` did not come up on port {port} (exit code {proc.poll()})")
+                pytest.fail(f"`prefect server start` did not come up on port {port} (exit code {proc.poll()})")
             time.sleep(1)
     try:
         yield url

@@ -117,7 +117,7 @@ def _mlflow_server(root: Path, port: int) -> subprocess.Popen:
         if proc.poll() is not None:
             break
     _kill_group(proc)
-    pytest.skip(f"mlflow server did not start on port {port} (exit code {proc.poll()})")
+    pytest.fail(f"mlflow server did not start on port {port} (exit code {proc.poll()})")
 
 
 def test_tracking_server_gone_before_promotion_fails_cleanly(prefect_harness, retrain_env, tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ from rgops.errors import ConfigError
 
 def test_committed_json_matches_the_idc_index() -> None:
     if index_path() is None:
-        pytest.skip("idc-index-data is not installed")
+        pytest.fail("idc-index-data is a dependency of rgops and is not installed: run `make install`")
     assert summarize_collection() == json.loads(REFERENCE_JSON.read_text())
 
 
@@ -28,7 +28,7 @@ def test_reference_describes_the_real_collection() -> None:
 
 def test_unknown_collection_is_a_config_error() -> None:
     if index_path() is None:
-        pytest.skip("idc-index-data is not installed")
+        pytest.fail("idc-index-data is a dependency of rgops and is not installed: run `make install`")
     with pytest.raises(ConfigError, match="no CT series for collection 'no_such_collection'"):
         summarize_collection(collection_id="no_such_collection")
 
