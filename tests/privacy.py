@@ -58,10 +58,11 @@ def _texts(path: Path) -> list[bytes]:
 
 def _pattern(needle: str) -> re.Pattern[bytes]:
     """A purely numeric identifier (an MRN, a study id) must stand alone: ``74932`` is a leak in
-    ``MRN 74932`` but not inside the decimals of ``1.749321``."""
+    ``MRN 74932`` but not inside the decimals of ``1.749321`` nor inside a hex run id such as
+    ``a67970b3``, where short digit runs occur by chance."""
     escaped = re.escape(needle.encode())
     if needle.isdigit():
-        return re.compile(rb"(?<![0-9.])" + escaped + rb"(?![0-9])")
+        return re.compile(rb"(?<![0-9A-Za-z.])" + escaped + rb"(?![0-9A-Za-z])")
     return re.compile(escaped)
 
 
