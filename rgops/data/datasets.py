@@ -20,6 +20,8 @@ from rgops.errors import DatasetError, GeneMismatchError, GeneTableError
 
 SPLITS = ("train", "val", "test")
 DATASET_FILES = ("patches.npy", "masks.npy", "genes.parquet", "gene_panel.json", "manifest.parquet")
+#: Hashed into the data version when present (written by ingest since patch contract v2).
+OPTIONAL_FILES = ("patch_spec.json",)
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,7 @@ class Datasets:
         manifest: one row per patch (``pseudo_id``, ``split``, provenance).
         panel: the gene panel and its training statistics.
         root: the folder it was loaded from (None when built from arrays).
+        spec: the patch contract (``patch_spec.json``); the default contract when built from arrays.
     """
 
     patches: np.ndarray
@@ -145,6 +148,7 @@ class Datasets:
     manifest: pd.DataFrame
     panel: GenePanel
     root: Path | None = None
+    spec: Any = None  #: the :class:`rgops.data.patch.PatchSpec` the patches were cut with
 
     def __post_init__(self) -> None:
         n = len(self.patches)
@@ -165,6 +169,24 @@ class Datasets:
         bad = sorted(set(self.manifest["split"]) - set(SPLITS))
         if bad:
             raise DatasetError(f"manifest has unknown split names {bad}; expected {list(SPLITS)}")
+        if self.spec is None:
+            from rgops.data.patch import PatchSpec
+
+            self.spec = PatchSpec(size=self.size)
+        if self.spec.size != self.size:
+            raise DatasetError(f"patch_spec.json says S={self.spec.size} but patches are {self.size} px; re-run `rgops ingest`")
+
+    @property
+    def mm_per_px(self) -> np.ndarray:
+        """``(N,)`` physical size of one patch pixel (the contract's scale input); 1.0 where unrecorded."""
+        if "mm_per_px" in self.manifest.columns:
+            return self.manifest["mm_per_px"].to_numpy(dtype=np.float32)
+        return np.ones(len(self), dtype=np.float32)
+
+    @property
+    def patient_ids(self) -> np.ndarray:
+        """``(N,)`` pseudonymous patient id of every patch row (a patient has several slices)."""
+        return self.manifest["pseudo_id"].to_numpy()
 
     @property
     def size(self) -> int:
@@ -205,13 +227,16 @@ class Datasets:
             raise DatasetError("genes.parquet rows are not in manifest order; re-run `rgops ingest`")
         if patches.dtype != np.float32:
             raise DatasetError(f"patches.npy has dtype {patches.dtype}, expected float32")
-        return cls(patches, masks, genes_df.to_numpy(dtype=np.float32), manifest, panel, root)
+        from rgops.data.patch import SPEC_FILE, PatchSpec
+
+        spec = PatchSpec.read(root) if (root / SPEC_FILE).is_file() else None
+        return cls(patches, masks, genes_df.to_numpy(dtype=np.float32), manifest, panel, root, spec)
 
     def digest(self) -> str:
         """SHA-256 over the dataset files (or arrays, when built in memory): the data version."""
         h = hashlib.sha256()
         if self.root is not None:
-            for name in DATASET_FILES:
+            for name in DATASET_FILES + tuple(f for f in OPTIONAL_FILES if (self.root / f).is_file()):
                 h.update(name.encode())
                 with open(self.root / name, "rb") as fh:
                     for chunk in iter(lambda: fh.read(1 << 20), b""):

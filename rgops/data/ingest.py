@@ -2,10 +2,11 @@
 
 Per patient (:func:`ingest_patient`, independent, so a flow can fan out): read the CT and SEG
 files, de-identify every header (:mod:`rgops.data.deid`) before anything else looks at it, stack
-the series, place the SEG's tumour mask, cut the patch on the slice with the largest tumour
-area. Per cohort (:func:`ingest_cohort`): read and check the gene and clinical tables, link them
+the series, place the SEG's tumour mask, cut the patches of the patch contract
+(:mod:`rgops.data.patch`: several slices per patient, each a manifest row). Per cohort (:func:`ingest_cohort`): read and check the gene and clinical tables, link them
 by pseudonym, split patients, normalise genes with train-split statistics, and write every file
-into a temporary folder that is renamed into place only when complete.
+into a temporary folder that is renamed into place only when complete; the patch contract used is
+written beside them as ``patch_spec.json``.
 
 A patient that cannot be used is skipped with a reason, logged (pseudonym only) and counted in
 ``ingest_report.json``; a cohort with no usable patient is a :class:`~rgops.errors.CohortError`.
@@ -45,6 +46,7 @@ from rgops.data.dicom import (
     referenced_series_uids,
     segmentation_mask,
 )
+from rgops.data.patch import PatchSpec
 from rgops.data.genomics import GeneTable, read_clinical, read_gene_table
 from rgops.data.pseudonym import load_key, pseudonymize
 from rgops.errors import (
@@ -77,7 +79,12 @@ class IngestConfig:
         split_fractions: train, val, test fractions (sum 1).
         split_seed: seed of the patient-level split.
         min_tumour_area_px: a largest tumour cross-section below this (pixels) skips the patient.
+        min_area_fraction: slice rule of the patch contract: slices with tumour area >= this x the
+            largest cross-section are cut (:class:`rgops.data.patch.PatchSpec`).
+        max_slices: at most this many slices per patient.
         parquet_compression: compression of the parquet files (None: uncompressed).
+
+    The patch fields are checked and applied by :meth:`spec` (:mod:`rgops.data.patch`).
     """
 
     patch_size: int = 64
@@ -87,24 +94,27 @@ class IngestConfig:
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     split_seed: int = 0
     min_tumour_area_px: int = 4
+    min_area_fraction: float = 0.3
+    max_slices: int = 8
     parquet_compression: str | None = "snappy"
 
     def __post_init__(self) -> None:
-        if not 8 <= self.patch_size <= 512:
-            raise ConfigError(f"ingest.patch_size: got {self.patch_size}, expected 8..512 (64 default, 128 supported)")
-        lo, hi = self.hu_window
-        if not lo < hi:
-            raise ConfigError(f"ingest.hu_window: got {list(self.hu_window)}, expected [low, high] with low < high")
-        if self.crop_factor < 1.0:
-            raise ConfigError(f"ingest.crop_factor: got {self.crop_factor}, expected >= 1 (the crop must hold the tumour)")
+        try:
+            self.spec()
+        except ConfigError as exc:
+            raise ConfigError(f"ingest: {exc}") from None
         fr = self.split_fractions
         if min(fr) < 0 or fr[0] <= 0 or not math.isclose(sum(fr), 1.0, abs_tol=1e-6):
             raise ConfigError(
                 f"ingest.split_fractions: got {list(fr)}, expected three non-negative fractions "
                 "(train > 0) that sum to 1"
             )
-        if self.min_tumour_area_px < 1:
-            raise ConfigError(f"ingest.min_tumour_area_px: got {self.min_tumour_area_px}, expected >= 1")
+
+    def spec(self) -> PatchSpec:
+        """The patch contract these settings describe."""
+        return PatchSpec(size=self.patch_size, hu_window=(float(self.hu_window[0]), float(self.hu_window[1])),
+                         crop_factor=self.crop_factor, pad_hu=self.pad_hu, min_area_fraction=self.min_area_fraction,
+                         max_slices=self.max_slices, min_tumour_area_px=self.min_tumour_area_px)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "IngestConfig":
@@ -116,8 +126,8 @@ class IngestConfig:
 class PatientResult:
     """What :func:`ingest_patient` made of one patient.
 
-    ``patch``/``mask`` are ``(1, S, S)`` (float32 / uint8) and ``record`` the manifest fields
-    (without ``split``) when ingested; otherwise ``skip_reason`` (one of :data:`REASONS`) and a
+    ``patch``/``mask`` are ``(K, 1, S, S)`` (float32 / uint8), one per slice of the contract's slice
+    rule, and ``records`` the K manifest rows (without ``split``) when ingested; otherwise ``skip_reason`` (one of :data:`REASONS`) and a
     ``detail`` that names the patient by pseudonym only. ``instances`` holds one de-identified
     header row per CT/SEG instance that could be read.
     """
@@ -125,7 +135,7 @@ class PatientResult:
     pseudo_id: str
     patch: np.ndarray | None = None
     mask: np.ndarray | None = None
-    record: dict[str, Any] | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)
     instances: list[dict[str, Any]] = field(default_factory=list)
     skip_reason: str | None = None
     detail: str = ""
@@ -137,7 +147,10 @@ class PatientResult:
 
 @dataclass
 class IngestReport:
-    """Counts of an ingest run (written to ``ingest_report.json``); pseudonymous ids only."""
+    """Counts of an ingest run (written to ``ingest_report.json``); pseudonymous ids only.
+
+    ``splits`` counts patients; ``n_patches`` the manifest rows (several slices per patient).
+    """
 
     patients_seen: int
     ingested: int
@@ -149,6 +162,7 @@ class IngestReport:
     patch_size: int
     seconds: float
     out: str = ""
+    n_patches: int = 0
 
     @property
     def skipped_counts(self) -> dict[str, int]:
@@ -166,6 +180,7 @@ class IngestReport:
             "missing_gene_values": self.missing_gene_values,
             "n_instances": self.n_instances,
             "patch_size": self.patch_size,
+            "n_patches": self.n_patches,
             "seconds": round(self.seconds, 3),
         }
 
@@ -174,62 +189,17 @@ class IngestReport:
 # patches
 
 
-def tumour_bbox(mask2d: np.ndarray) -> tuple[int, int, int, int]:
-    """``(r0, c0, r1, c1)`` of the non-zero pixels, end-exclusive."""
-    rows = np.flatnonzero(mask2d.any(axis=1))
-    cols = np.flatnonzero(mask2d.any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+def extract_patches(hu: np.ndarray, mask: np.ndarray, pixel_spacing_mm: float, spec: PatchSpec
+                    ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Cut the contract's patches of one tumour: ``(K, 1, S, S)`` patches in [-1, 1], masks, infos.
 
-
-def _crop(image: np.ndarray, top: int, left: int, side: int, fill: float) -> np.ndarray:
-    out = np.full((side, side), fill, dtype=image.dtype)
-    r0, c0 = max(top, 0), max(left, 0)
-    r1, c1 = min(top + side, image.shape[0]), min(left + side, image.shape[1])
-    if r1 > r0 and c1 > c0:
-        out[r0 - top:r1 - top, c0 - left:c1 - left] = image[r0:r1, c0:c1]
-    return out
-
-
-def extract_patch(hu: np.ndarray, mask: np.ndarray, config: IngestConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Cut the patch of the patch contract from a volume and its tumour mask.
-
-    Args:
-        hu: ``(Z, R, C)`` Hounsfield units.
-        mask: ``(Z, R, C)`` tumour mask (non-zero = tumour).
-        config: patch size, HU window, crop factor, pad value.
-
-    Returns:
-        ``patch`` float32 ``(1, S, S)`` in [-1, 1], ``mask`` uint8 ``(1, S, S)`` and the fields
-        ``slice_index``, ``bbox_r0/c0/r1/c1``, ``tumour_area_px``, ``crop_side_px``.
+    ``hu`` and ``mask`` are ``(Z, R, C)``; see :meth:`rgops.data.patch.PatchSpec.cut_volume`.
+    Ingest and ``/extract`` both call this, so a served patch is cut exactly as training's were.
 
     Raises:
-        SegmentationError: the mask is empty or its shape differs from ``hu``.
+        SegmentationError: the mask is empty, too small, or its shape differs from ``hu``.
     """
-    import torch
-    import torch.nn.functional as F
-
-    if hu.shape != mask.shape or hu.ndim != 3:
-        raise SegmentationError(f"mask shape {mask.shape} does not match the CT volume {hu.shape}")
-    areas = (mask > 0).sum(axis=(1, 2))
-    k = int(np.argmax(areas))
-    if areas[k] == 0:
-        raise SegmentationError("tumour mask is empty; expected at least one tumour pixel")
-    r0, c0, r1, c1 = tumour_bbox(mask[k] > 0)
-    side = max(2, int(math.ceil(config.crop_factor * max(r1 - r0, c1 - c0))))
-    top = int(math.floor((r0 + r1) / 2 - side / 2))
-    left = int(math.floor((c0 + c1) / 2 - side / 2))
-    lo, hi = config.hu_window
-    image = np.clip(_crop(hu[k].astype(np.float32), top, left, side, config.pad_hu), lo, hi)
-    tmask = _crop((mask[k] > 0).astype(np.float32), top, left, side, 0.0)
-    s = config.patch_size
-    with torch.no_grad():
-        img = F.interpolate(torch.from_numpy(image)[None, None], size=(s, s), mode="bilinear",
-                            align_corners=False, antialias=True)[0]
-        msk = F.interpolate(torch.from_numpy(tmask)[None, None], size=(s, s), mode="nearest-exact")[0]
-    patch = np.clip((img.numpy() - lo) / (hi - lo) * 2.0 - 1.0, -1.0, 1.0).astype(np.float32)
-    info = {"slice_index": k, "bbox_r0": r0, "bbox_c0": c0, "bbox_r1": r1, "bbox_c1": c1,
-            "tumour_area_px": int(areas[k]), "crop_side_px": side}
-    return patch, (msk.numpy() > 0.5).astype(np.uint8), info
+    return spec.cut_volume(hu, mask, pixel_spacing_mm)
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,17 +329,21 @@ def ingest_patient(patient_dir: str | Path, config: IngestConfig, key: bytes) ->
         return _skip(result, "bad_series", _redact(str(exc), source_id, folder))
     try:
         mask = segmentation_mask(seg, series, name=f"{pid}/seg/file{seg_idx}")
-        patch, pmask, info = extract_patch(series.hu, mask, config)
     except DicomDecodeError as exc:
         return _skip(result, "undecodable", _redact(str(exc), source_id, folder))
     except DicomError as exc:  # SegmentationError included
         return _skip(result, "bad_seg", _redact(str(exc), source_id, folder))
-    if info["tumour_area_px"] < config.min_tumour_area_px:
-        return _skip(result, "tumour_too_small",
-                     f"largest tumour cross-section {info['tumour_area_px']} px < min_tumour_area_px "
-                     f"{config.min_tumour_area_px}")
-    result.patch, result.mask = patch, pmask
-    result.record = _manifest_record(pid, series, info)
+    spec = config.spec()
+    areas = (mask > 0).sum(axis=(1, 2))
+    if 0 < int(areas.max()) < spec.min_tumour_area_px:
+        return _skip(result, "tumour_too_small", f"largest tumour cross-section {int(areas.max())} px < "
+                     f"min_tumour_area_px {spec.min_tumour_area_px}")
+    try:
+        patches, pmasks, infos = extract_patches(series.hu, mask, float(series.pixel_spacing[0]), spec)
+    except DicomError as exc:  # SegmentationError: an empty mask
+        return _skip(result, "bad_seg", _redact(str(exc), source_id, folder))
+    result.patch, result.mask = patches, pmasks
+    result.records = [_manifest_record(pid, series, info) for info in infos]
     return result
 
 
@@ -379,7 +353,9 @@ def _manifest_record(pid: str, series: CTSeries, info: dict[str, Any]) -> dict[s
         "pseudo_id": pid,
         "series_uid": series.series_uid,
         "slice_index": k,
+        "slice_rank": info["slice_rank"],
         "slice_z_mm": float(series.z_mm[k]),
+        "mm_per_px": info["mm_per_px"],
         "pixel_spacing_mm": float(series.pixel_spacing[0]),
         "pixel_spacing_col_mm": float(series.pixel_spacing[1]),
         "slice_thickness_mm": series.slice_thickness,
@@ -603,14 +579,15 @@ def assemble_cohort(plan: CohortPlan, results: Iterable[PatientResult], out: str
 
     pids = [r.pseudo_id for r in results]
     splits = assign_splits(pids, config.split_fractions, config.split_seed)
-    manifest = pd.DataFrame([{**r.record, "split": splits[r.pseudo_id]} for r in results])
+    manifest = pd.DataFrame([{**rec, "split": splits[r.pseudo_id]} for r in results for rec in r.records])
     cols = ["pseudo_id", "split"] + [c for c in manifest.columns if c not in ("pseudo_id", "split")]
     manifest = manifest[cols]
     raw = table.expr.loc[[gene_pid[p] for p in pids]]
     raw.index = pd.Index(pids, name="pseudo_id")
-    train = manifest["split"].to_numpy() == "train"
-    panel = GenePanel.fit(np.log2(raw[train] + 1.0))
-    genes = pd.DataFrame(panel.normalise(raw, impute=True), index=raw.index, columns=list(panel.genes))
+    train = np.array([splits[p] == "train" for p in pids])
+    panel = GenePanel.fit(np.log2(raw[train] + 1.0))  # one row per patient, not per slice
+    per_patient = pd.DataFrame(panel.normalise(raw, impute=True), index=raw.index, columns=list(panel.genes))
+    genes = per_patient.loc[manifest["pseudo_id"]]  # one row per patch, in manifest order
 
     clin = clinical.copy()
     clin.index = pd.Index([pseudonymize(s, key) for s in clin.index], name="pseudo_id")
@@ -620,7 +597,8 @@ def assemble_cohort(plan: CohortPlan, results: Iterable[PatientResult], out: str
     inst = pd.DataFrame(instances)
     report = IngestReport(
         patients_seen=len(seen), ingested=len(results), skipped={k: sorted(v) for k, v in sorted(skipped.items())},
-        splits={s: int((manifest["split"] == s).sum()) for s in SPLITS}, n_genes=len(panel),
+        splits={s: sum(1 for p in pids if splits[p] == s) for s in SPLITS}, n_genes=len(panel),
+        n_patches=len(manifest),
         missing_gene_values=table.n_missing, n_instances=len(inst), patch_size=config.patch_size,
         seconds=0.0, out=str(out),
     )
@@ -628,8 +606,9 @@ def assemble_cohort(plan: CohortPlan, results: Iterable[PatientResult], out: str
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        np.save(tmp / "patches.npy", np.stack([r.patch for r in results]).astype(np.float32))
-        np.save(tmp / "masks.npy", np.stack([r.mask for r in results]).astype(np.uint8))
+        np.save(tmp / "patches.npy", np.concatenate([r.patch for r in results]).astype(np.float32))
+        np.save(tmp / "masks.npy", np.concatenate([r.mask for r in results]).astype(np.uint8))
+        config.spec().write(tmp)
         genes.to_parquet(tmp / "genes.parquet", compression=comp)
         panel.save(tmp / "gene_panel.json")
         manifest.to_parquet(tmp / "manifest.parquet", index=False, compression=comp)
@@ -660,5 +639,5 @@ def _replace(tmp: Path, out: Path) -> None:
 
 
 __all__ = ["CohortPlan", "IngestConfig", "IngestReport", "MapFn", "PatientJob", "PatientResult", "REASONS",
-           "assemble_cohort", "assign_splits", "extract_patch", "ingest_cohort", "ingest_patient", "plan_cohort",
-           "run_patient_job", "split_score", "tumour_bbox"]
+           "assemble_cohort", "assign_splits", "extract_patches", "ingest_cohort", "ingest_patient", "plan_cohort",
+           "run_patient_job", "split_score"]

@@ -14,7 +14,8 @@ import rg_dicom_factory as f
 from typer.testing import CliRunner
 
 from rgops.data.datasets import Datasets
-from rgops.data.ingest import IngestConfig, assign_splits, extract_patch, ingest_cohort, ingest_patient
+from rgops.data.ingest import IngestConfig, assign_splits, extract_patches, ingest_cohort, ingest_patient
+from rgops.data.patch import PatchSpec
 from rgops.data.pseudonym import pseudonymize
 from rgops.errors import CohortError, ConfigError, SegmentationError
 
@@ -83,18 +84,25 @@ def test_report_counts_every_skip_by_reason(ingested):
 
 def test_datasets_contract(ingested):
     ds = Datasets.load(ingested["out"])
-    assert ds.patches.shape == (4, 1, 64, 64) and ds.patches.dtype == np.float32
+    n = len(ds)
+    assert n >= 4 and ds.patches.shape == (n, 1, 64, 64) and ds.patches.dtype == np.float32
     assert ds.patches.min() >= -1.0 and ds.patches.max() <= 1.0
     assert set(np.unique(ds.masks)) == {0, 1}
     m = ds.manifest
     side = np.ceil(2 * np.maximum(m.bbox_r1 - m.bbox_r0, m.bbox_c1 - m.bbox_c0))
     assert (m.crop_side_px == side).all()
-    assert sorted(m.pseudo_id) == sorted(pid(i) for i in range(4))
+    assert sorted(set(m.pseudo_id)) == sorted(pid(i) for i in range(4))
     assert set(m.split) <= {"train", "val", "test"} and (m.split == "train").any()
     assert (m.n_slices == 8).all() and np.allclose(m.pixel_spacing_mm, 0.8)
-    # train-split gene statistics: z-scores of the train rows have mean 0
+    # several slices per patient, one split per patient, the largest slice first (rank 0)
+    assert m.groupby("pseudo_id")["split"].nunique().max() == 1
+    assert (m.groupby("pseudo_id")["slice_rank"].min() == 0).all()
+    assert np.allclose(m.mm_per_px, m.crop_side_px * m.pixel_spacing_mm / 64)
+    assert ds.spec == IngestConfig().spec() and (ingested["out"] / "patch_spec.json").is_file()
+    # train-split gene statistics, over patients: z-scores of the train patients have mean 0
     train = ds.genes[ds.indices("train")]
-    assert np.allclose(np.nanmean(train, axis=0), 0.0, atol=1e-5)
+    first = ~m.iloc[ds.indices("train")].duplicated("pseudo_id").to_numpy()
+    assert np.allclose(np.nanmean(train[first], axis=0), 0.0, atol=1e-5)
 
 
 def test_pseudonyms_link_imaging_genes_and_clinical(ingested):
@@ -110,7 +118,7 @@ def test_pseudonyms_link_imaging_genes_and_clinical(ingested):
     j = panel["genes"].index("TP53")
     x = raw.loc["TP53", IDS[2]]
     expected = (math.log2(x + 1) - panel["mean"][j]) / panel["std"][j]
-    assert genes.loc[pid(2), "TP53"] == pytest.approx(expected, rel=1e-5)
+    assert (genes.loc[[pid(2)], "TP53"].to_numpy() == pytest.approx(expected, rel=1e-5))  # every slice row
 
 
 def test_instances_table_is_deidentified_and_seg_references_resolve(ingested):
@@ -134,7 +142,7 @@ def test_no_planted_identifier_in_any_output_byte_or_log(ingested):
     raw_slice = next((ingested["cohort"] / "ct" / IDS[0]).glob("*/*.dcm")).read_bytes().lower()
     assert sum(s.lower().encode() in raw_slice for s in needles) >= 15  # the search does find PHI
     files = [p for p in ingested["out"].rglob("*") if p.is_file()]
-    assert len(files) == 8
+    assert len(files) == 9  # the 8 data files and patch_spec.json
     blobs = {p.name: p.read_bytes().lower() for p in files}
     for name in ("manifest.parquet", "clinical.parquet", "instances.parquet", "genes.parquet"):
         blobs[name + " (decoded)"] = pd.read_parquet(ingested["out"] / name).to_csv().lower().encode()
@@ -157,7 +165,7 @@ def test_shuffled_series_gives_the_same_patch(ingested, tmp_path):
     again = ingest_patient(copy, IngestConfig(), KEY)
     assert first.ok and again.ok
     assert np.array_equal(first.patch, again.patch) and np.array_equal(first.mask, again.mask)
-    assert first.record == again.record
+    assert first.records == again.records
 
 
 def test_ingest_is_deterministic(ingested, tmp_path):
@@ -174,18 +182,19 @@ def test_patch_contract_on_a_known_box():
     hu = np.full((3, 40, 40), -500.0, dtype=np.float32)
     mask = np.zeros_like(hu, dtype=np.uint8)
     mask[1, 2:8, 30:40] = 1           # 6 x 10 box touching the right edge, largest on slice 1
-    mask[0, 20:22, 20:22] = 1
+    mask[0, 20:22, 20:22] = 1          # 4 px < 30% of 60 px: not used
     hu[1][mask[1] > 0] = 2000.0        # above the window: clipped to 1
-    patch, pmask, info = extract_patch(hu, mask, IngestConfig(patch_size=128))
-    assert patch.shape == pmask.shape == (1, 128, 128) and patch.dtype == np.float32
-    assert info["slice_index"] == 1 and info["crop_side_px"] == 20
+    patches, pmasks, infos = extract_patches(hu, mask, 0.5, IngestConfig(patch_size=128).spec())
+    assert patches.shape == pmasks.shape == (1, 1, 128, 128) and patches.dtype == np.float32
+    patch, pmask, info = patches[0], pmasks[0], infos[0]
+    assert info["slice_index"] == 1 and info["crop_side_px"] == 20 and info["mm_per_px"] == pytest.approx(20 * 0.5 / 128)
     assert (info["bbox_r0"], info["bbox_c0"], info["bbox_r1"], info["bbox_c1"]) == (2, 30, 8, 40)
     assert patch.max() == pytest.approx(1.0) and patch.min() == pytest.approx(-1.0)  # -1000 padding
     assert patch[0, 64, 120] == pytest.approx(-1.0)  # right of the image: padded air
     assert patch[0, 5, 30] == pytest.approx(-1.0)    # rows above the image: padded air
     assert pmask.sum() > 0 and pmask[0, 64, 64] == 1  # tumour centred
     with pytest.raises(SegmentationError, match="empty"):
-        extract_patch(hu, np.zeros_like(mask), IngestConfig())
+        extract_patches(hu, np.zeros_like(mask), 0.5, PatchSpec())
 
 
 def test_splits_deterministic_and_all_populated():
