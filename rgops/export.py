@@ -15,10 +15,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rgops.data.patch import PatchSpec
 from rgops.errors import ShapeError
 
-HU_MIN = -1000.0
-HU_MAX = 500.0
+HU_MIN, HU_MAX = PatchSpec().hu_window  # the default contract; pass a model's spec to to_hu
 SECONDARY_CAPTURE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 SYNTHETIC_PATIENT = "SYNTHETIC"
 
@@ -34,9 +34,9 @@ def _as_image(patch: np.ndarray) -> np.ndarray:
     return np.clip(arr, -1.0, 1.0)
 
 
-def to_hu(patch: np.ndarray) -> np.ndarray:
-    """Patch values in [-1, 1] -> HU in [-1000, 500] (the inverse of the ingest scaling)."""
-    return (_as_image(patch) + 1.0) * 0.5 * (HU_MAX - HU_MIN) + HU_MIN
+def to_hu(patch: np.ndarray, spec: PatchSpec | None = None) -> np.ndarray:
+    """Patch values in [-1, 1] -> HU (the inverse of the ingest scaling of ``spec``'s window)."""
+    return (spec or PatchSpec()).to_hu(_as_image(patch)).astype(np.float64)
 
 
 def to_png(patch: np.ndarray) -> bytes:

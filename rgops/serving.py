@@ -36,6 +36,7 @@ import pandas as pd
 
 from rgops.config import from_dict
 from rgops.data.datasets import GenePanel
+from rgops.data.patch import PatchSpec, log_scale
 from rgops.errors import (
     ConfigError,
     DicomError,
@@ -199,6 +200,17 @@ class ServedModel:
         """The torch device the module's weights live on."""
         return next(self.module.parameters()).device
 
+    @property
+    def spec(self) -> PatchSpec:
+        """The patch contract recorded in the model card: what ``/extract`` cuts for this model."""
+        patch = (self.card or {}).get("patch") or {}
+        return PatchSpec.from_json(patch) if "format" in patch else PatchSpec(size=self.image_size)
+
+    @property
+    def reads_scale(self) -> bool:
+        """Whether the encoder takes the patch scale (``mm_per_px``) beside the image."""
+        return bool(getattr(self.module.config, "scale_input", False))
+
     def describe(self) -> dict[str, Any]:
         """What every response carries about the model that produced it."""
         return {"name": self.name, "version": self.version, "alias": self.alias,
@@ -210,8 +222,7 @@ class ServedModel:
         return {**self.describe(), "kind": self.kind, "card": dict(self.card),
                 "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
                 "genes": list(self.panel.genes), "gene_transform": self.panel.transform,
-                "patch": {"size": self.image_size, "channels": 1, "range": [-1.0, 1.0],
-                          "hu_window": [-1000, 500]},
+                "patch": {**self.spec.to_json(), "range": [-1.0, 1.0], "needs_mm_per_px": self.reads_scale},
                 "program_scores": list(self.program_head.names) if self.program_head else None}
 
 
@@ -337,6 +348,12 @@ class Features:
     program_scores: np.ndarray | None
     program_reason: str | None
 
+    def mean(self, head: "ProgramHead | None") -> "Features":
+        """The per-patient biomarker: the mean latent over a patient's slices, and its program scores."""
+        latent = self.latent.mean(axis=0, keepdims=True)
+        scores = None if head is None or self.program_scores is None else head(latent)
+        return Features(latent, self.program_names, scores, self.program_reason)
+
     def row(self, i: int) -> dict[str, Any]:
         """One patch's features as JSON-able values."""
         scores = (None if self.program_scores is None
@@ -375,12 +392,38 @@ def check_patches(patches: np.ndarray | Sequence[Any], size: int) -> np.ndarray:
     return np.clip(arr, -1.0, 1.0)
 
 
-def encode(model: ServedModel, patches: np.ndarray, genes: np.ndarray | None = None) -> Features:
-    """Checked patches ``(B, 1, S, S)`` (and normalised genes ``(B, G)`` for an encoder-conditioned
-    CAE) -> :class:`Features`.
+def check_scale(model: ServedModel, mm_per_px: Sequence[float] | np.ndarray | None, n: int) -> np.ndarray | None:
+    """The scale input ``log2(mm_per_px)`` ``(n,)`` for a model that reads it (None for one that does not).
+
+    Raises:
+        ShapeError: the model reads the scale and none, the wrong number, or non-positive values came.
+    """
+    if not model.reads_scale:
+        return None
+    if mm_per_px is None:
+        raise ShapeError(f"{model.name} version {model.version} reads each patch's physical scale: send "
+                         "'mm_per_px' (crop side in mm / patch side, patch contract v2) with ready patches, "
+                         "or send the DICOM to /extract")
+    try:
+        arr = np.asarray(mm_per_px, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ShapeError(f"mm_per_px must be numbers; got {str(mm_per_px)[:40]!r}") from None
+    if arr.size == 1 and n > 1:
+        arr = np.repeat(arr, n)
+    if arr.size != n or not np.isfinite(arr).all() or (arr <= 0).any() or (arr > 100).any():
+        raise ShapeError(f"mm_per_px must be {n} finite value(s) in (0, 100] mm, one per patch; got {arr.size}")
+    return log_scale(arr)
+
+
+def encode(model: ServedModel, patches: np.ndarray, genes: np.ndarray | None = None,
+           scale: np.ndarray | None = None) -> Features:
+    """Checked patches ``(B, 1, S, S)`` (normalised genes ``(B, G)`` for an encoder-conditioned CAE,
+    and the scale ``log2(mm_per_px)`` ``(B,)`` from :func:`check_scale` for a scale-reading CAE)
+    -> :class:`Features`.
 
     Raises:
         GeneMismatchError: the CAE reads genes in its encoder and none were given.
+        ShapeError: the CAE reads the scale and none was given.
     """
     import torch
 
@@ -393,17 +436,20 @@ def encode(model: ServedModel, patches: np.ndarray, genes: np.ndarray | None = N
     with torch.inference_mode():
         x = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32)).to(model.device)
         g = torch.from_numpy(np.ascontiguousarray(genes, dtype=np.float32)).to(model.device) if needs_genes else None
-        latent = model.module.encode(x, g).cpu().numpy().astype(np.float64)
+        if model.reads_scale and scale is None:
+            raise ShapeError(f"{model.name} version {model.version} reads each patch's scale; send mm_per_px")
+        sc = torch.from_numpy(np.ascontiguousarray(scale, dtype=np.float32)).to(model.device) if model.reads_scale else None
+        latent = model.module.encode(x, g, sc).cpu().numpy().astype(np.float64)
     if model.program_head is None:
         return Features(latent, None, None, NO_PROGRAM_HEAD)
     return Features(latent, model.program_head.names, model.program_head(latent), None)
 
 
-def encode_items(model: ServedModel, items: Sequence[tuple[Any, Mapping[str, Any] | None]],
+def encode_items(model: ServedModel, items: Sequence[tuple[Any, Mapping[str, Any] | None, float | None]],
                  out: Callable[..., Any] = dict) -> list[Any]:
     """A batch of ready patches from several requests -> one result per item, in order.
 
-    Each item is ``(pixels, raw_profile or None)``. Items are checked one by one, so one client's
+    Each item is ``(pixels, raw_profile or None, mm_per_px or None)``. Items are checked one by one, so one client's
     bad patch gives *that item* an ``error`` (with its reason) instead of failing the others in
     the batch; the valid ones are encoded in one model call.
 
@@ -415,15 +461,19 @@ def encode_items(model: ServedModel, items: Sequence[tuple[Any, Mapping[str, Any
     good: list[int] = []
     arrays: list[np.ndarray] = []
     genes: list[np.ndarray] = []
+    scales: list[float] = []
     errors: dict[int, str] = {}
-    for i, (pixels, profile) in enumerate(items):
+    for i, (pixels, profile, mm_per_px) in enumerate(items):
         try:
+            scale = check_scale(model, None if mm_per_px is None else [mm_per_px], 1)
             arrays.append(check_patches(pixels, model.image_size)[0])
             if needs_genes:
                 if profile is None:
                     raise GeneMismatchError(f"{model.name} version {model.version} reads a gene profile "
                                             "with the image; send 'profile' with each patch")
                 genes.append(normalise_profile(model.panel, profile, impute=False).genes[0])
+            if scale is not None:
+                scales.append(float(scale[0]))
             good.append(i)
         except RgopsError as exc:
             if len(arrays) > len(good):
@@ -431,7 +481,8 @@ def encode_items(model: ServedModel, items: Sequence[tuple[Any, Mapping[str, Any
             errors[i] = f"{type(exc).__name__}: {exc}"
     results: list[Any] = [None] * len(items)
     if good:
-        feats = encode(model, np.stack(arrays), np.stack(genes) if needs_genes else None)
+        feats = encode(model, np.stack(arrays), np.stack(genes) if needs_genes else None,
+                       np.asarray(scales, dtype=np.float32) if model.reads_scale else None)
         for j, i in enumerate(good):
             results[i] = out(**feats.row(j), model=model.describe(), error=None)
     for i, reason in errors.items():
@@ -742,10 +793,12 @@ class Timer:
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
-def patch_from_dicom(datasets: Sequence[Any], size: int, box: Sequence[int] | None = None,
-                     hu_window: Sequence[float] = (-1000.0, 500.0),
+def patch_from_dicom(datasets: Sequence[Any], spec: PatchSpec, box: Sequence[int] | None = None,
                      mask2d: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Uploaded DICOM -> one de-identified tumour patch ``(1, S, S)`` cut exactly as ingest cuts it.
+    """Uploaded DICOM -> de-identified tumour patches ``(K, 1, S, S)`` cut exactly as ingest cuts them.
+
+    ``spec`` is the patch contract recorded in the model card (:attr:`ServedModel.spec`), so the
+    served crop, window and slice rule are the ones the model was trained on.
 
     Three forms: a CT series with one SEG (the tumour mask comes from the SEG); one CT slice with
     ``box = (r0, c0, r1, c1)`` (the tumour box, end-exclusive, in pixels of that slice); or one CT
@@ -756,7 +809,9 @@ def patch_from_dicom(datasets: Sequence[Any], size: int, box: Sequence[int] | No
     no pseudonym is returned.
 
     Returns:
-        The patch and its provenance (slice index, crop side, pixel spacing; no identifiers).
+        The patches (one per slice of the contract's slice rule) and their provenance: ``slices``
+        (slice index, crop side, ``mm_per_px`` of each), pixel spacing, number of slices; no
+        identifiers.
 
     Raises:
         DicomError / SegmentationError: not a CT series with one SEG (or one slice with a box),
@@ -764,7 +819,7 @@ def patch_from_dicom(datasets: Sequence[Any], size: int, box: Sequence[int] | No
         DeidentificationError: de-identification could not be guaranteed.
     """
     from rgops.data import deid, dicom
-    from rgops.data.ingest import IngestConfig, extract_patch
+    from rgops.data.ingest import extract_patches
 
     key = _process_key()
     clean = [deid.deidentify(ds, key, source_patient_id=str(ds.get("PatientID", "") or "unknown"))
@@ -799,12 +854,14 @@ def patch_from_dicom(datasets: Sequence[Any], size: int, box: Sequence[int] | No
                              "SEG file(s) (or send one CT slice with a tumour 'box')")
         series = dicom.ct_series(cts, names)
         mask = dicom.segmentation_mask(segs[0], series, "the uploaded SEG")
-    config = IngestConfig(patch_size=size, hu_window=(float(hu_window[0]), float(hu_window[1])))
-    patch, _, info = extract_patch(series.hu, mask, config)  # the very function ingest cuts with
-    provenance = {"slice_index": int(info["slice_index"]), "crop_side_px": int(info["crop_side_px"]),
-                  "tumour_area_px": int(info["tumour_area_px"]),
-                  "pixel_spacing_mm": [float(v) for v in series.pixel_spacing], "n_slices": series.n_slices}
-    return patch, provenance
+    # the very function ingest cuts with
+    patches, _, infos = extract_patches(series.hu, mask, float(series.pixel_spacing[0]), spec)
+    slices = [{"slice_index": int(i["slice_index"]), "crop_side_px": int(i["crop_side_px"]),
+               "tumour_area_px": int(i["tumour_area_px"]), "mm_per_px": float(i["mm_per_px"])} for i in infos]
+    provenance = {"slices": slices, "slice_index": slices[0]["slice_index"],
+                  "pixel_spacing_mm": [float(v) for v in series.pixel_spacing], "n_slices": series.n_slices,
+                  "patch_spec": spec.to_json()["format"]}
+    return patches, provenance
 
 
 _KEY: list[bytes] = []

@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 URI_ENVS = ("RGOPS_TRACKING_URI", "MLFLOW_TRACKING_URI")
 DEFAULT_EXPERIMENT = "rgops"
-HU_WINDOW = (-1000.0, 500.0)
 MODEL_NAME = "model"
 TAG_WEIGHTS = "rgops.weights_sha256"  # SHA-256 of the pickled module (data/model.pth)
 TAG_FILES = "rgops.files_sha256"  # JSON {relative path: SHA-256} of every file we check
@@ -263,13 +262,28 @@ class LoadedModel:
     run_id: str
     program_head: dict[str, Any] | None = None
 
+    @property
+    def spec(self) -> Any:
+        """The :class:`rgops.data.patch.PatchSpec` recorded in the model card (what ``/extract`` cuts)."""
+        from rgops.data.patch import PatchSpec
+
+        return PatchSpec.from_json(self.card.get("patch") or {})
+
+
+def _card_spec(datasets: Datasets | None, size: int) -> dict[str, Any]:
+    """The patch contract the model was trained on, copied from the datasets' ``patch_spec.json``."""
+    from rgops.data.patch import PatchSpec
+
+    spec = datasets.spec if datasets is not None and datasets.spec is not None else PatchSpec(size=size)
+    return spec.to_json()
+
 
 def model_card(kind: str, config: CAEConfig | GANConfig, panel: GenePanel, datasets: Datasets | None,
                metrics: Mapping[str, float], dataset_digest: str, dvc: str, commit: str) -> dict[str, Any]:
     """The model card written as ``metadata.json``."""
     s, g = config.image_size, config.n_genes
     if kind == "cae":
-        inputs = {"image": [-1, 1, s, s], "genes": [-1, g]}
+        inputs = {"image": [-1, 1, s, s], "genes": [-1, g], "scale_log2_mm_per_px": [-1]}
         outputs = {"reconstruction": [-1, 1, s, s], "encode(image, genes)": [-1, config.latent_dim]}  # type: ignore[union-attr]
         use = ("Research use: extract an imaging biomarker (encode) from a lung tumour CT patch for "
                "radiogenomic analysis. Not for diagnosis.")
@@ -281,8 +295,7 @@ def model_card(kind: str, config: CAEConfig | GANConfig, panel: GenePanel, datas
     return {
         "format": "rgops-model-card/1", "kind": kind, "intended_use": use,
         "inputs": inputs, "outputs": outputs,
-        "patch": {"size": s, "hu_window": list(HU_WINDOW), "scaling": "HU clipped to the window, scaled to [-1, 1]",
-                  "crop": "2 x max(bbox height, width) around the tumour on its largest slice"},
+        "patch": _card_spec(datasets, s),
         "genes": {"order": list(panel.genes), "transform": panel.transform, "n_train": panel.n_train},
         "training_data": {"digest": dataset_digest, "dvc_hash": dvc,
                           "n_patches": len(datasets) if datasets is not None else None},

@@ -51,11 +51,14 @@ CONFIG = _config()
 
 
 class PatchIn(BaseModel):
-    """One ready patch: ``pixels`` is S x S floats in [-1, 1] (HU [-1000, 500] scaled, as ingest makes)."""
+    """One ready patch: ``pixels`` is S x S floats in [-1, 1] (the HU window of the model's patch
+    contract, GET /metadata ``patch``, scaled as ingest scales it) and its physical scale."""
 
     model_config = ConfigDict(hide_input_in_errors=True)
 
     pixels: list[list[float]] = Field(description="S x S values in [-1, 1]")
+    mm_per_px: float | None = Field(default=None, description="crop side in mm / S (patch contract v2); needed "
+                                    "by a CAE that reads the scale (GET /metadata patch.needs_mm_per_px)")
     profile: dict[str, float | None] | None = Field(
         default=None, description="raw gene profile; needed only by an encoder-conditioned CAE")
 
@@ -137,9 +140,12 @@ class RgopsService:
         profile: dict[str, float | None] | None = Field(
             default=None, description="raw gene profile; only for an encoder-conditioned CAE"),
         impute: bool = False,
+        mm_per_px: list[float] | None = Field(
+            default=None, description="with a .npy of ready patches: mm per pixel of each patch (or one value)"),
+        per_slice: bool = Field(default=False, description="also return the biomarker of every slice"),
     ) -> dict[str, Any]:
         """DICOM (a CT series with its SEG, or one CT slice and a box) or a .npy of ready patches ->
-        the imaging biomarker of each patch."""
+        the imaging biomarker: the mean latent over the tumour's slices (patch contract v2)."""
         model = self.cae.current
         blobs = [(p.name, p.read_bytes()) for p in files]
         genes = None
@@ -149,23 +155,26 @@ class RgopsService:
         if len(blobs) == 1 and arrays:
             patches = serving.read_npy_patches(arrays[0], model.image_size, self.config.max_batch_size)
             g = None if genes is None else genes.repeat(len(patches), axis=0)
-            feats = serving.encode(model, patches, g)
+            feats = serving.encode(model, patches, g, serving.check_scale(model, mm_per_px, len(patches)))
             return {"request_id": current_request_id(), "model": model.describe(),
                     "patches": [feats.row(i) for i in range(len(patches))]}
         mask = serving.read_npy_mask(arrays) if arrays else None
         datasets = serving.read_dicom_upload([x for x in blobs if not serving.is_npy(x[1])], self.config.max_files)
-        window = (model.card.get("patch") or {}).get("hu_window") or (-1000.0, 500.0)
-        patch, provenance = serving.patch_from_dicom(datasets, model.image_size, box=box, hu_window=window,
-                                                     mask2d=mask)
-        feats = serving.encode(model, patch[None], genes)
-        return {"request_id": current_request_id(), "model": model.describe(), **feats.row(0),
-                "patch": provenance}
+        patches, provenance = serving.patch_from_dicom(datasets, model.spec, box=box, mask2d=mask)
+        g = None if genes is None else genes.repeat(len(patches), axis=0)
+        scale = serving.check_scale(model, [s["mm_per_px"] for s in provenance["slices"]], len(patches))
+        feats = serving.encode(model, patches, g, scale)
+        out = {"request_id": current_request_id(), "model": model.describe(),
+               **feats.mean(model.program_head).row(0), "patch": provenance}
+        if per_slice:
+            out["slices"] = [feats.row(i) for i in range(len(patches))]
+        return out
 
     @bentoml.api(route="/extract_patches", batchable=True, max_batch_size=CONFIG.max_batch_size,
                  max_latency_ms=CONFIG.max_latency_ms)
     def extract_patches(self, patches: list[PatchIn]) -> list[PatchOut]:
         """Ready patches -> features, one result per patch (adaptive batching across requests)."""
-        return serving.encode_items(self.cae.current, [(p.pixels, p.profile) for p in patches],
+        return serving.encode_items(self.cae.current, [(p.pixels, p.profile, p.mm_per_px) for p in patches],
                                     PatchOut)
 
     # -- generation --------------------------------------------------------------------------

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rgops.data.patch import PatchSpec
 from rgops.errors import ShapeError
 
 log = logging.getLogger(__name__)
 
-HU_MIN, HU_MAX = -1000.0, 500.0
 FEATURE_CLASSES: tuple[str, ...] = ("firstorder", "shape2D", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
 
 
@@ -60,9 +60,9 @@ class RadiomicsFeatures:
         return v
 
 
-def patch_to_hu(patches: np.ndarray) -> np.ndarray:
-    """Invert the patch scaling: [-1, 1] -> [-1000, 500] HU."""
-    return (np.asarray(patches, dtype=np.float64) + 1.0) * 0.5 * (HU_MAX - HU_MIN) + HU_MIN
+def patch_to_hu(patches: np.ndarray, spec: PatchSpec | None = None) -> np.ndarray:
+    """Invert the patch scaling of ``spec`` (default contract: [-1, 1] -> [-1000, 500] HU), float64."""
+    return (spec or PatchSpec()).to_hu(patches).astype(np.float64)
 
 
 def _extractor(cfg: RadiomicsConfig):  # noqa: ANN202 - radiomics.featureextractor type, lazy import
@@ -88,6 +88,7 @@ def extract_radiomics(
     spacing_mm: Sequence[float] | np.ndarray | None = None,
     cfg: RadiomicsConfig = RadiomicsConfig(),
     progress: Callable[[int, int], None] | None = None,
+    spec: PatchSpec | None = None,
 ) -> RadiomicsFeatures:
     """pyradiomics 2D features of each ``(patch, mask)`` pair.
 
@@ -96,6 +97,7 @@ def extract_radiomics(
         masks: ``(N, 1, S, S)`` tumour masks (non-zero = tumour).
         spacing_mm: per-patch in-plane pixel spacing of the resized patch, or None for 1 mm.
         progress: called as ``progress(done, total)`` after each patch.
+        spec: the patch contract the patches were cut with (its HU window); default contract if None.
 
     Returns:
         Features with a NaN row for each patch whose mask has fewer than ``cfg.min_mask_pixels``
@@ -117,7 +119,7 @@ def extract_radiomics(
     if spacing.shape != (n,) or not (spacing > 0).all():
         raise ShapeError(f"spacing_mm must hold {n} positive values, got shape {spacing.shape}")
     ext = _extractor(cfg)
-    hu = patch_to_hu(patches[:, 0]).astype(np.float32)
+    hu = patch_to_hu(patches[:, 0], spec).astype(np.float32)
     rows: list[dict[str, float] | None] = []
     skipped: list[int] = []
     for i in range(n):

@@ -17,9 +17,16 @@ gene-informative (a decoder that receives the genes does not need the latent to 
 * ``"none"``: no gene path in the autoencoder at all; with ``aux_gene_head=False`` this is the plain
   unconditional AE baseline.
 
-``aux_gene_head`` adds a head ``latent -> G`` trained to predict the normalised gene vector, which
-pushes gene information *into* the latent. It predicts the gene vector rather than the gene
-embedding: an embedding trained jointly can shrink towards zero and make that target trivial.
+``aux_gene_head`` adds a head trained to predict gene targets from the latent, which pushes gene
+information *into* the latent (the gene-aligned objective; it needs no ground truth). With
+``aux_pcs = k > 0`` the targets are the top ``k`` principal components of the training split's gene
+matrix (standardised), with ``aux_pcs = 0`` the whole normalised gene vector. It predicts gene
+targets rather than the gene embedding: an embedding trained jointly can shrink towards zero and
+make that target trivial.
+
+``scale_input`` feeds the patch's physical scale (``log2(mm_per_px)``, patch contract v2, see
+:mod:`rgops.data.patch`) into the latent layer, so the biomarker keeps the tumour's absolute size
+that the bounding-box crop throws away.
 """
 
 from __future__ import annotations
@@ -46,7 +53,10 @@ class CAEConfig:
         gene_embed_dim: size of the gene embedding (ignored with ``conditioning="none"``).
         gene_hidden: hidden width of the gene MLP.
         conditioning: where the gene embedding enters (``decoder``, ``encoder`` or ``none``).
-        aux_gene_head: add a head that predicts the gene vector from the latent.
+        aux_gene_head: add a head that predicts gene targets from the latent (gene-aligned objective).
+        aux_pcs: the head's targets: the top ``aux_pcs`` gene principal components of the training
+            split (0: the whole normalised gene vector).
+        scale_input: the encoder also reads the patch scale ``log2(mm_per_px)`` ``(B,)``.
         widths: channels of the encoder stages; each halves the spatial size.
         groups: GroupNorm groups (per-sample normalisation: a biomarker must not depend on the batch).
     """
@@ -58,6 +68,8 @@ class CAEConfig:
     gene_hidden: int = 128
     conditioning: Conditioning = "decoder"
     aux_gene_head: bool = False
+    aux_pcs: int = 16
+    scale_input: bool = False
     widths: tuple[int, ...] = (32, 64, 128, 256)
     groups: int = 8
 
@@ -77,6 +89,8 @@ class CAEConfig:
         bad = [w for w in self.widths if w % self.groups]
         if bad:
             raise ConfigError(f"CAE widths {bad} are not divisible by groups={self.groups}")
+        if self.aux_pcs < 0:
+            raise ConfigError(f"CAE aux_pcs is {self.aux_pcs}; expected >= 0 (0: predict every gene)")
         if self.conditioning not in ("decoder", "encoder", "none"):
             raise ConfigError(f"CAE conditioning {self.conditioning!r}; expected decoder, encoder or none")
 
@@ -84,6 +98,11 @@ class CAEConfig:
     def bottom(self) -> int:
         """Spatial side of the deepest feature map, ``S / 2**len(widths)``."""
         return self.image_size >> len(self.widths)
+
+    @property
+    def aux_dim(self) -> int:
+        """Output size of the auxiliary head: ``aux_pcs`` gene PCs, or every gene when 0."""
+        return self.aux_pcs or self.n_genes
 
 
 def _down(cin: int, cout: int, groups: int) -> nn.Sequential:
@@ -128,7 +147,7 @@ class ConditionalAE(nn.Module):
         self.gene_encoder = GeneEncoder(c.n_genes, c.gene_hidden, c.gene_embed_dim) if uses_genes else None
         # Image encoder: (B, 1, S, S) -> (B, w[-1], S/2^k, S/2^k) -> (B, latent_dim)
         self.stem = nn.Sequential(*[_down(cin, cout, c.groups) for cin, cout in zip([1] + w[:-1], w)])
-        enc_in = flat + (c.gene_embed_dim if c.conditioning == "encoder" else 0)
+        enc_in = flat + (c.gene_embed_dim if c.conditioning == "encoder" else 0) + (1 if c.scale_input else 0)
         self.to_latent = nn.Linear(enc_in, c.latent_dim)
         # Decoder: (B, latent_dim [+ gene_embed_dim]) -> (B, w[-1], b, b) -> (B, 1, S, S)
         dec_in = c.latent_dim + (c.gene_embed_dim if c.conditioning == "decoder" else 0)
@@ -137,7 +156,7 @@ class ConditionalAE(nn.Module):
         self.up = nn.Sequential(*[_up(cin, cout, c.groups) for cin, cout in zip(rev[:-1], rev[1:])])
         self.head = nn.ConvTranspose2d(rev[-1], 1, 4, stride=2, padding=1)
         self.aux_head = (
-            nn.Sequential(nn.Linear(c.latent_dim, c.gene_hidden), nn.SiLU(), nn.Linear(c.gene_hidden, c.n_genes))
+            nn.Sequential(nn.Linear(c.latent_dim, c.gene_hidden), nn.SiLU(), nn.Linear(c.gene_hidden, c.aux_dim))
             if c.aux_gene_head else None
         )
 
@@ -155,17 +174,25 @@ class ConditionalAE(nn.Module):
             if x is not None and g.shape[0] != x.shape[0]:
                 raise ShapeError(f"CAE got {x.shape[0]} patches but {g.shape[0]} gene profiles")
 
-    def encode(self, x: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, 1, S, S)``, genes ``(B, G)`` or None -> the imaging biomarker ``(B, latent_dim)``.
+    def encode(self, x: torch.Tensor, g: torch.Tensor | None = None,
+               scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, 1, S, S)``, genes ``(B, G)`` or None, scale ``(B,)`` -> the biomarker ``(B, latent_dim)``.
 
         The genes are read only with ``conditioning="encoder"``; otherwise they are ignored and may
-        be None, so the biomarker of a patch never depends on its profile.
+        be None, so the biomarker of a patch never depends on its profile. ``scale`` is
+        ``log2(mm_per_px)`` of each patch, required with ``scale_input``.
         """
         need = self.config.conditioning == "encoder"
         self._check(x, g, need)
         h = self.stem(x).flatten(1)  # (B, w[-1] * b * b)
         if need:
             h = torch.cat([h, self.gene_encoder(g)], dim=1)
+        if self.config.scale_input:
+            if scale is None or scale.shape != (x.shape[0],):
+                got = None if scale is None else tuple(scale.shape)
+                raise ShapeError(f"this CAE reads the patch scale: expected a scale tensor of shape ({x.shape[0]},) "
+                                 f"(log2 mm per pixel, patch contract v2), got {got}")
+            h = torch.cat([h, scale.to(h.dtype)[:, None]], dim=1)
         return self.to_latent(h)
 
     def decode(self, z: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
@@ -180,19 +207,19 @@ class ConditionalAE(nn.Module):
         return torch.tanh(self.head(self.up(h)))
 
     def predict_genes(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent ``(B, latent_dim)`` -> predicted normalised gene vector ``(B, G)`` (aux head)."""
+        """Latent ``(B, latent_dim)`` -> predicted gene targets ``(B, aux_dim)`` (aux head)."""
         if self.aux_head is None:
             raise ConfigError("this CAE has no auxiliary gene head (aux_gene_head=false)")
         return self.aux_head(z)
 
-    def forward(self, x: torch.Tensor, g: torch.Tensor | None = None,
+    def forward(self, x: torch.Tensor, g: torch.Tensor | None = None, scale: torch.Tensor | None = None,
                 return_latent: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Reconstruct ``(B, 1, S, S)`` from a patch and its genes.
+        """Reconstruct ``(B, 1, S, S)`` from a patch, its genes and its scale.
 
-        With ``return_latent`` returns ``(reconstruction, latent, predicted genes or None)``, which
-        training uses so that one call runs through DistributedDataParallel.
+        With ``return_latent`` returns ``(reconstruction, latent, predicted gene targets or None)``,
+        which training uses so that one call runs through DistributedDataParallel.
         """
-        z = self.encode(x, g)
+        z = self.encode(x, g, scale)
         recon = self.decode(z, g)
         if not return_latent:
             return recon

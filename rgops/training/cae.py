@@ -7,12 +7,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rgops.config import to_dict
 from rgops.data.datasets import Datasets
+from rgops.data.patch import log_scale
 from rgops.errors import ConfigError, TrainingError
 from rgops.models.cae import CAEConfig, ConditionalAE
 from rgops.training.common import (
@@ -25,7 +28,7 @@ from rgops.training.common import (
     augment,
     autocast,
     dist_rank_world,
-    epoch_batches,
+    patient_batches,
     image_grid,
     load_checkpoint,
     log_loss_curves,
@@ -49,16 +52,17 @@ LOSS_KEYS = ("loss", "recon_mse", "aux_mse")
 
 
 def cae_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, g: torch.Tensor,
-             aux_weight: float, device: torch.device) -> torch.Tensor:
-    """One optimisation step on a batch ``x (B, 1, S, S)``, ``g (B, G)``.
+             s: torch.Tensor | None, t: torch.Tensor | None, aux_weight: float, device: torch.device) -> torch.Tensor:
+    """One optimisation step on a batch ``x (B, 1, S, S)``, ``g (B, G)``, scale ``s (B,)`` and
+    gene targets ``t (B, T)`` of the auxiliary head.
 
     Returns the detached losses ``[loss, recon_mse, aux_mse]`` (aux 0 without the head) as one
     tensor, so the loop never waits for the GPU to report a number.
     """
     with autocast(device):
-        recon, _, gene_pred = model(x, g, return_latent=True)
+        recon, _, gene_pred = model(x, g, s, return_latent=True)
         recon_mse = F.mse_loss(recon.float(), x.float())
-        aux = F.mse_loss(gene_pred.float(), g) if gene_pred is not None else torch.zeros((), device=x.device)
+        aux = F.mse_loss(gene_pred.float(), t) if gene_pred is not None else torch.zeros((), device=x.device)
         loss = recon_mse + aux_weight * aux
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -73,17 +77,36 @@ def evaluate_cae(model: nn.Module, data: SplitData, device: torch.device, batch_
     sums, n = torch.zeros(2, device=device), 0
     for idx in torch.arange(len(data)).split(batch_size):
         x, g = data.batch(idx, device)
+        s, t = data.side(idx, device)
         with autocast(device):
-            recon, _, gene_pred = model(x, g, return_latent=True)
+            recon, _, gene_pred = model(x, g, s, return_latent=True)
         sums[0] += F.mse_loss(recon.float(), x.float(), reduction="sum") / x[0].numel()
-        if gene_pred is not None:
-            sums[1] += F.mse_loss(gene_pred.float(), g, reduction="sum") / g.shape[1]
+        if gene_pred is not None and t is not None:
+            sums[1] += F.mse_loss(gene_pred.float(), t, reduction="sum") / t.shape[1]
         n += len(x)
     model.train()
     out = {"recon_mse": float(sums[0] / max(n, 1))}
     if unwrap(model).aux_head is not None:  # type: ignore[union-attr]
         out["aux_mse"] = float(sums[1] / max(n, 1))
     return out
+
+
+def gene_targets(genes: np.ndarray, patient_ids: np.ndarray, train_rows: np.ndarray, k: int) -> np.ndarray:
+    """Targets of the gene-aligned head for every row: the top ``k`` gene PCs of the training split.
+
+    The basis is fitted on training *patients* (one row each, not one per slice), and each
+    component is scaled to unit variance there, so every PC weighs the same in the loss. With
+    ``k = 0`` the targets are the normalised genes themselves. ``(N, G) -> (N, k or G)`` float32.
+    """
+    if k == 0:
+        return genes.astype(np.float32)
+    first = ~pd.Series(patient_ids[train_rows]).duplicated().to_numpy()
+    base = genes[train_rows][first].astype(np.float64)
+    mean = base.mean(axis=0)
+    _, sv, vt = np.linalg.svd(base - mean, full_matrices=False)
+    k = min(k, len(sv))
+    sd = sv[:k] / np.sqrt(max(len(base) - 1, 1))
+    return ((genes - mean) @ vt[:k].T / np.where(sd > 1e-8, sd, 1.0)).astype(np.float32)
 
 
 def check_fits(image_size: int, n_genes: int, datasets: Datasets, what: str) -> None:
@@ -161,12 +184,16 @@ def train_cae(datasets: Datasets, config: CAEConfig, train_cfg: CAETrainConfig, 
         set_rng_state(state["rng"])
         log.info("resumed CAE training at epoch %d, step %d", start_epoch, step)
 
-    train = stage_split(datasets.patches, datasets.genes, datasets.indices("train"), dev)
-    val = stage_split(datasets.patches, datasets.genes, datasets.indices("val"), dev)
-    if len(train) == 0:
+    train_rows, pids = datasets.indices("train"), datasets.patient_ids
+    if len(train_rows) == 0:
         raise TrainingError("the datasets have no train rows; re-run `rgops ingest` with a larger cohort")
+    scale = log_scale(datasets.mm_per_px) if config.scale_input else None
+    targets = gene_targets(datasets.genes, pids, train_rows, config.aux_pcs) if config.aux_gene_head else None
+    train = stage_split(datasets.patches, datasets.genes, train_rows, dev, scale, targets, pids)
+    val = stage_split(datasets.patches, datasets.genes, datasets.indices("val"), dev, scale, targets, pids)
     shown = val if len(val) else train
-    grid_x, grid_g = shown.batch(torch.arange(min(train_cfg.grid_size, len(shown))), dev)
+    grid_idx = torch.arange(min(train_cfg.grid_size, len(shown)))
+    (grid_x, grid_g), (grid_s, _) = shown.batch(grid_idx, dev), shown.side(grid_idx, dev)
     run_model = maybe_compile(wrap_ddp(model, dev), train_cfg.compile, dev)
     log_to = tracker if rank == 0 else None
     if log_to is not None:
@@ -174,7 +201,11 @@ def train_cae(datasets: Datasets, config: CAEConfig, train_cfg: CAETrainConfig, 
                            "kind": "cae", "n_train": len(train), "n_val": len(val)})
         log_to.set_tags(system_tags(dev, world))
 
-    n_batches = len(epoch_batches(len(train), train_cfg.batch_size, 0, train_cfg.seed, rank, world))
+    def batches_of(epoch: int) -> list[torch.Tensor]:
+        return patient_batches(train.groups, len(train), train_cfg.batch_size, epoch, train_cfg.seed, rank, world,
+                               train_cfg.patient_repeats)
+
+    n_batches = len(batches_of(0))
     total = n_batches * train_cfg.epochs
     last_ckpt: Path | None = None
 
@@ -189,12 +220,13 @@ def train_cae(datasets: Datasets, config: CAEConfig, train_cfg: CAETrainConfig, 
 
     model.train()
     for epoch in range(start_epoch, train_cfg.epochs):
-        batches = epoch_batches(len(train), train_cfg.batch_size, epoch, train_cfg.seed, rank, world)
+        batches = batches_of(epoch)
         t0, first = time.perf_counter(), (start_batch if epoch == start_epoch else 0)
         for b in range(first, len(batches)):
             x, g = train.batch(batches[b], dev)
+            s, t = train.side(batches[b], dev)
             x = augment(x, train_cfg.augment, step_generator(train_cfg.seed, rank, step, dev))
-            sums += cae_step(run_model, opt, x, g, train_cfg.aux_weight, dev) * len(x)
+            sums += cae_step(run_model, opt, x, g, s, t, train_cfg.aux_weight, dev) * len(x)
             seen += len(x)
             step += 1
             if progress is not None:
@@ -219,7 +251,7 @@ def train_cae(datasets: Datasets, config: CAEConfig, train_cfg: CAETrainConfig, 
             with torch.no_grad():
                 model.eval()
                 with autocast(dev):
-                    recon = unwrap(model)(grid_x, grid_g)
+                    recon = unwrap(model)(grid_x, grid_g, grid_s)
                 model.train()
             grid = image_grid(torch.cat([grid_x.float(), recon.float()]), nrow=len(grid_x))
             log_to.log_image(grid, f"reconstructions/epoch_{epoch + 1:03d}.png")

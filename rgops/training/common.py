@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,9 +47,11 @@ class AugmentConfig:
         intensity_scale: multiplicative jitter, factor in [1 - s, 1 + s].
         intensity_shift: additive jitter in [-t, t] (scaled units: 0.04 is 30 HU); results are
             clipped back to the HU window [-1, 1].
+        rot90: random multiples of 90-degree rotation (exact, no interpolation).
     """
 
     flip: bool = True
+    rot90: bool = True
     max_rotation_deg: float = 10.0
     intensity_scale: float = 0.05
     intensity_shift: float = 0.04
@@ -69,6 +72,8 @@ class CAETrainConfig:
         augment: augmentation of the training patches.
         compile: ``torch.compile`` the model on CUDA (ignored on CPU).
         grid_size: patches in the reconstruction grid logged each epoch.
+        patient_repeats: an epoch visits every training patient this many times, one random slice
+            each time (batches sample patients, then slices).
     """
 
     epochs: int
@@ -76,6 +81,7 @@ class CAETrainConfig:
     lr: float
     weight_decay: float = 0.0
     aux_weight: float = 1.0
+    patient_repeats: int = 1
     seed: int = 0
     checkpoint_every: int = 0
     augment: AugmentConfig = AugmentConfig()
@@ -264,10 +270,18 @@ def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
 
 @dataclass
 class SplitData:
-    """One split's patches ``(N, 1, S, S)`` and genes ``(N, G)``, on the device when they fit."""
+    """One split's patches ``(N, 1, S, S)`` and genes ``(N, G)``, on the device when they fit.
+
+    ``s`` is the patch scale ``log2(mm_per_px)`` ``(N,)`` and ``t`` optional per-row targets
+    ``(N, T)`` (the CAE's gene PCs); ``groups`` the patient index of each row (a patient has
+    several slices), for :func:`patient_batches`.
+    """
 
     x: torch.Tensor
     g: torch.Tensor
+    s: torch.Tensor | None = None
+    t: torch.Tensor | None = None
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.x)
@@ -283,19 +297,52 @@ class SplitData:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, g
 
+    def side(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Scale ``(B,)`` and targets ``(B, T)`` of rows ``idx`` on ``device`` (None where absent)."""
+        pick = lambda v: None if v is None else v.index_select(0, idx.to(v.device)).to(device)  # noqa: E731
+        return pick(self.s), pick(self.t)
 
-def stage_split(patches: np.ndarray, genes: np.ndarray, idx: np.ndarray, device: torch.device) -> SplitData:
+
+def stage_split(patches: np.ndarray, genes: np.ndarray, idx: np.ndarray, device: torch.device,
+                scale: np.ndarray | None = None, targets: np.ndarray | None = None,
+                patient_ids: np.ndarray | None = None) -> SplitData:
     """Copy one split to the GPU when it takes under half the free memory, else keep it on the host
-    (pinned on CUDA so copies overlap compute)."""
+    (pinned on CUDA so copies overlap compute). ``scale``, ``targets`` and ``patient_ids`` are
+    full-length arrays indexed like ``patches``."""
     x = torch.from_numpy(np.ascontiguousarray(patches[idx], dtype=np.float32))
     g = torch.from_numpy(np.ascontiguousarray(genes[idx], dtype=np.float32))
+    s = None if scale is None else torch.from_numpy(np.ascontiguousarray(scale[idx], dtype=np.float32))
+    t = None if targets is None else torch.from_numpy(np.ascontiguousarray(targets[idx], dtype=np.float32))
+    groups = None if patient_ids is None else pd.factorize(np.asarray(patient_ids)[idx])[0]
+    tensors = [x, g, s, t]
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        if x.nbytes + g.nbytes < free // 2:
-            return SplitData(x.to(device), g.to(device))
-        log.info("split of %d patches does not fit in half the free GPU memory: streaming from pinned host memory", len(x))
-        return SplitData(x.pin_memory(), g.pin_memory())
-    return SplitData(x, g)
+        if sum(v.nbytes for v in tensors if v is not None) < free // 2:
+            tensors = [None if v is None else v.to(device) for v in tensors]
+        else:
+            log.info("split of %d patches does not fit in half the free GPU memory: streaming from pinned host memory",
+                     len(x))
+            tensors = [None if v is None else v.pin_memory() for v in tensors]
+    return SplitData(*tensors, groups=groups)
+
+
+def patient_batches(groups: np.ndarray | None, n: int, batch_size: int, epoch: int, seed: int, rank: int = 0,
+                    world: int = 1, repeats: int = 1) -> list[torch.Tensor]:
+    """Batches that sample patients, then one slice of each: every patient ``repeats`` times an epoch.
+
+    A patient with many slices then weighs as much as one with few. Without ``groups`` (one row per
+    patient) this is :func:`epoch_batches`. Deterministic in ``(seed, epoch)``.
+    """
+    if groups is None:
+        return epoch_batches(n, batch_size, epoch, seed, rank, world)
+    gen = np.random.default_rng([seed, epoch, 7])
+    rows_of = pd.Series(np.arange(len(groups))).groupby(groups).apply(np.asarray)
+    picks = [int(gen.choice(rows)) for _ in range(max(1, repeats)) for rows in rows_of]
+    order = np.asarray(picks)[gen.permutation(len(picks))]
+    if world > 1:
+        order = order[: (len(order) // world) * world][rank::world]
+    per_rank = max(1, batch_size // world)
+    return list(torch.from_numpy(order).split(per_rank)) if len(order) else []
 
 
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
@@ -326,6 +373,8 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.
     if cfg.flip:
         x = torch.where(rand(b, 1, 1, 1) < 0.5, x.flip(-1), x)
         x = torch.where(rand(b, 1, 1, 1) < 0.5, x.flip(-2), x)
+    if cfg.rot90:  # with the flips above: all eight symmetries of the square
+        x = torch.where(rand(b, 1, 1, 1) < 0.5, x.transpose(-1, -2), x)
     if cfg.max_rotation_deg > 0:
         angle = (rand(b) * 2 - 1) * math.radians(cfg.max_rotation_deg)
         cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)

@@ -26,7 +26,7 @@ from rgops.training.common import (
     augment,
     autocast,
     dist_rank_world,
-    epoch_batches,
+    patient_batches,
     image_grid,
     load_checkpoint,
     log_loss_curves,
@@ -158,7 +158,8 @@ def train_gan(datasets: Datasets, config: GANConfig, train_cfg: GANTrainConfig, 
         set_rng_state(state["rng"])
         log.info("resumed GAN training at epoch %d, step %d", start_epoch, step)
 
-    train = stage_split(datasets.patches, datasets.genes, datasets.indices("train"), dev)
+    pids = datasets.patient_ids
+    train = stage_split(datasets.patches, datasets.genes, datasets.indices("train"), dev, patient_ids=pids)
     val = stage_split(datasets.patches, datasets.genes, datasets.indices("val"), dev)
     if len(train) == 0:
         raise TrainingError("the datasets have no train rows; re-run `rgops ingest` with a larger cohort")
@@ -175,7 +176,10 @@ def train_gan(datasets: Datasets, config: GANConfig, train_cfg: GANTrainConfig, 
                            "kind": "gan", "n_train": len(train), "n_val": len(val)})
         log_to.set_tags(system_tags(dev, world))
 
-    n_batches = len(epoch_batches(len(train), train_cfg.batch_size, 0, train_cfg.seed, rank, world))
+    def batches_of(epoch: int) -> list[torch.Tensor]:  # patients, then one random slice of each
+        return patient_batches(train.groups, len(train), train_cfg.batch_size, epoch, train_cfg.seed, rank, world)
+
+    n_batches = len(batches_of(0))
     total = n_batches * train_cfg.epochs
     last_ckpt: Path | None = None
 
@@ -193,7 +197,7 @@ def train_gan(datasets: Datasets, config: GANConfig, train_cfg: GANTrainConfig, 
     gen.train()
     disc.train()
     for epoch in range(start_epoch, train_cfg.epochs):
-        batches = epoch_batches(len(train), train_cfg.batch_size, epoch, train_cfg.seed, rank, world)
+        batches = batches_of(epoch)
         t0, first = time.perf_counter(), (start_batch if epoch == start_epoch else 0)
         for b in range(first, len(batches)):
             x, g = train.batch(batches[b], dev)

@@ -98,7 +98,7 @@ def test_check_patches_refuses(bad: object, why: str) -> None:
 
 def test_encode_items_isolates_a_bad_item(cae: serving.ServedModel) -> None:
     good = np.zeros((S, S)).tolist()
-    out = serving.encode_items(cae, [(good, None), (np.zeros((S, 3)).tolist(), None), (good, None)])
+    out = serving.encode_items(cae, [(good, None, None), (np.zeros((S, 3)).tolist(), None, None), (good, None, None)])
     assert out[0]["error"] is None and out[2]["error"] is None
     assert out[0]["latent"] == out[2]["latent"]
     assert out[1]["latent"] is None and out[1]["error"].startswith("ShapeError")
@@ -112,7 +112,7 @@ def test_encoder_conditioned_cae_needs_a_profile(panel: GenePanel) -> None:
         serving.encode(model, x)
     g = serving.normalise_profile(panel, _profile(), impute=False).genes
     assert serving.encode(model, x, g).latent.shape == (1, 4)
-    out = serving.encode_items(model, [(x[0, 0].tolist(), None), (x[0, 0].tolist(), _profile())])
+    out = serving.encode_items(model, [(x[0, 0].tolist(), None, None), (x[0, 0].tolist(), _profile(), None)])
     assert "send 'profile'" in out[0]["error"] and out[1]["error"] is None
 
 

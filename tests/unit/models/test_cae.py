@@ -5,9 +5,10 @@ from rgops.errors import ConfigError, ShapeError
 from rgops.models.cae import CAEConfig, ConditionalAE
 
 
-def small(conditioning="decoder", aux=False, size=64):
+def small(conditioning="decoder", aux=False, size=64, aux_pcs=0, scale_input=False):
     return ConditionalAE(CAEConfig(image_size=size, n_genes=5, latent_dim=6, gene_embed_dim=4, gene_hidden=8,
-                                   conditioning=conditioning, aux_gene_head=aux, widths=(8, 16)))
+                                   conditioning=conditioning, aux_gene_head=aux, widths=(8, 16), aux_pcs=aux_pcs,
+                                   scale_input=scale_input))
 
 
 @pytest.mark.parametrize("size", [64, 128])
@@ -67,3 +68,15 @@ def test_config_errors(kwargs, match):
     base = {"image_size": 64, "n_genes": 5, "widths": (8, 16)}
     with pytest.raises(ConfigError, match=match):
         CAEConfig(**{**base, **kwargs})
+
+
+def test_gene_pc_head_and_scale_input():
+    torch.manual_seed(0)
+    m = small("none", aux=True, aux_pcs=3, scale_input=True)
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    recon, z, gp = m(x, None, torch.tensor([-1.0, 0.5]), return_latent=True)
+    assert gp.shape == (2, 3) and z.shape == (2, 6)
+    # the biomarker carries the physical scale: same image, another mm per pixel, another latent
+    assert not torch.equal(m.encode(x, None, torch.zeros(2)), m.encode(x, None, torch.ones(2)))
+    with pytest.raises(ShapeError, match="scale"):
+        m.encode(x)
