@@ -142,16 +142,23 @@ def truth_dir_for(cohort: str | Path) -> Path:
 # --- image features ------------------------------------------------------------------------------
 
 
-def encode(model: Any, patches: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def encode(model: Any, patches: np.ndarray, batch_size: int = 64, mm_per_px: np.ndarray | None = None) -> np.ndarray:
     """Latent vectors ``(N, latent_dim)`` of a :class:`~rgops.models.cae.ConditionalAE`.
 
     With ``conditioning="encoder"`` the encoder is given the training-mean profile (zeros after
     z-scoring) rather than the patient's genes, so the biomarker is a function of the image alone.
+    A CAE that reads the patch scale gets ``log2(mm_per_px)`` of each patch (required then).
     """
     import torch
 
+    from rgops.data.patch import log_scale
+
     device = next(model.parameters()).device
     needs_genes = getattr(model.config, "conditioning", "none") == "encoder"
+    reads_scale = bool(getattr(model.config, "scale_input", False))
+    if reads_scale and mm_per_px is None:
+        raise ShapeError("this CAE reads each patch's scale; pass mm_per_px (the datasets' manifest has it)")
+    scale = log_scale(mm_per_px) if reads_scale else None
     was_training = model.training
     model.eval()
     out = []
@@ -160,7 +167,8 @@ def encode(model: Any, patches: np.ndarray, batch_size: int = 64) -> np.ndarray:
             for i in range(0, len(patches), batch_size):
                 x = torch.as_tensor(np.asarray(patches[i : i + batch_size]), dtype=torch.float32, device=device)
                 g = torch.zeros(len(x), model.config.n_genes, device=device) if needs_genes else None
-                out.append(model.encode(x, g).float().cpu().numpy())
+                sc = torch.as_tensor(scale[i : i + batch_size], device=device) if scale is not None else None
+                out.append(model.encode(x, g, sc).float().cpu().numpy())
     finally:
         model.train(was_training)
     return np.concatenate(out).astype(np.float64)
@@ -473,7 +481,7 @@ def evaluate(
     sets_all: dict[str, np.ndarray] = {}
     for i, (name, model) in enumerate(encoders.items()):
         report(f"encode {name}", i, len(encoders))
-        sets_all[name] = encode(model, ds.patches, cfg.batch_size)
+        sets_all[name] = encode(model, ds.patches, cfg.batch_size, ds.mm_per_px)
     report("radiomics", 0, len(ds))
     rad = extract_radiomics(ds.patches, ds.masks, _spacing(ds), cfg.radiomics,
                             progress=lambda d, t: report("radiomics", d, t))
@@ -527,7 +535,7 @@ def evaluate(
         report("gan", 0, 1)
         if cfg.gan_feature_space == "encoder" and encoders:
             enc_name, enc = next(iter(encoders.items()))
-            featurise = lambda p: encode(enc, p, cfg.batch_size)  # noqa: E731
+            featurise = lambda p: encode(enc, p, cfg.batch_size, np.ones(len(p), np.float32))  # noqa: E731
             info["gan_feature_space"] = f"encoder:{enc_name}"
         else:
             whole = RadiomicsConfig(bin_width=cfg.radiomics.bin_width,

@@ -24,9 +24,17 @@ matrix (standardised), with ``aux_pcs = 0`` the whole normalised gene vector. It
 targets rather than the gene embedding: an embedding trained jointly can shrink towards zero and
 make that target trivial.
 
-``scale_input`` feeds the patch's physical scale (``log2(mm_per_px)``, patch contract v2, see
-:mod:`rgops.data.patch`) into the latent layer, so the biomarker keeps the tumour's absolute size
-that the bounding-box crop throws away.
+``scale_input`` makes the patch's physical scale (``log2(mm_per_px)``, patch contract v2, see
+:mod:`rgops.data.patch`) the last coordinate of the latent, so the biomarker keeps the tumour's
+absolute size that the bounding-box crop throws away, and the decoder and the gene head see it.
+(Fed into the latent layer beside 4,096 image features instead, it was drowned out: held-out
+proliferation R^2 -0.06 on the demo cohort.)
+
+``views`` re-windows the patch inside the network: besides the stored window (lung, -1000 .. 500
+HU), each ``(low, high)`` HU range of ``views`` becomes one more input channel, and training's
+reconstruction loss is taken on every view. The patches are float32, so this loses nothing; it
+only stops a 12 HU necrotic core (0.016 of the stored range) from vanishing in a loss dominated
+by lung against tissue.
 """
 
 from __future__ import annotations
@@ -56,7 +64,9 @@ class CAEConfig:
         aux_gene_head: add a head that predicts gene targets from the latent (gene-aligned objective).
         aux_pcs: the head's targets: the top ``aux_pcs`` gene principal components of the training
             split (0: the whole normalised gene vector).
-        scale_input: the encoder also reads the patch scale ``log2(mm_per_px)`` ``(B,)``.
+        scale_input: the patch scale ``log2(mm_per_px)`` ``(B,)`` is the latent's last coordinate.
+        views: extra HU windows ``(low, high)`` the encoder sees as channels and the loss weighs.
+        hu_window: the patch contract's HU window (how patch values map back to HU).
         widths: channels of the encoder stages; each halves the spatial size.
         groups: GroupNorm groups (per-sample normalisation: a biomarker must not depend on the batch).
     """
@@ -70,6 +80,8 @@ class CAEConfig:
     aux_gene_head: bool = False
     aux_pcs: int = 16
     scale_input: bool = False
+    views: tuple[tuple[float, float], ...] = ()
+    hu_window: tuple[float, float] = (-1000.0, 500.0)
     widths: tuple[int, ...] = (32, 64, 128, 256)
     groups: int = 8
 
@@ -84,8 +96,8 @@ class CAEConfig:
             )
         if self.n_genes < 1:
             raise ConfigError(f"CAE n_genes is {self.n_genes}; set it to the gene panel length (>= 1)")
-        if self.latent_dim < 1 or self.gene_embed_dim < 1 or self.gene_hidden < 1:
-            raise ConfigError("CAE latent_dim, gene_embed_dim and gene_hidden must be >= 1")
+        if self.latent_dim < 1 + int(self.scale_input) or self.gene_embed_dim < 1 or self.gene_hidden < 1:
+            raise ConfigError("CAE latent_dim (>= 2 with scale_input), gene_embed_dim and gene_hidden must be >= 1")
         bad = [w for w in self.widths if w % self.groups]
         if bad:
             raise ConfigError(f"CAE widths {bad} are not divisible by groups={self.groups}")
@@ -146,9 +158,9 @@ class ConditionalAE(nn.Module):
         uses_genes = c.conditioning != "none"
         self.gene_encoder = GeneEncoder(c.n_genes, c.gene_hidden, c.gene_embed_dim) if uses_genes else None
         # Image encoder: (B, 1, S, S) -> (B, w[-1], S/2^k, S/2^k) -> (B, latent_dim)
-        self.stem = nn.Sequential(*[_down(cin, cout, c.groups) for cin, cout in zip([1] + w[:-1], w)])
-        enc_in = flat + (c.gene_embed_dim if c.conditioning == "encoder" else 0) + (1 if c.scale_input else 0)
-        self.to_latent = nn.Linear(enc_in, c.latent_dim)
+        self.stem = nn.Sequential(*[_down(cin, cout, c.groups) for cin, cout in zip([1 + len(c.views)] + w[:-1], w)])
+        enc_in = flat + (c.gene_embed_dim if c.conditioning == "encoder" else 0)
+        self.to_latent = nn.Linear(enc_in, c.latent_dim - (1 if c.scale_input else 0))
         # Decoder: (B, latent_dim [+ gene_embed_dim]) -> (B, w[-1], b, b) -> (B, 1, S, S)
         dec_in = c.latent_dim + (c.gene_embed_dim if c.conditioning == "decoder" else 0)
         self.from_latent = nn.Sequential(nn.Linear(dec_in, flat), nn.SiLU())
@@ -174,6 +186,15 @@ class ConditionalAE(nn.Module):
             if x is not None and g.shape[0] != x.shape[0]:
                 raise ShapeError(f"CAE got {x.shape[0]} patches but {g.shape[0]} gene profiles")
 
+    def window_views(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, S, S)`` -> ``(B, 1 + V, S, S)``: the patch and its re-windowed views, each in [-1, 1]."""
+        if not self.config.views:
+            return x
+        lo0, hi0 = self.config.hu_window
+        hu = (x + 1.0) * 0.5 * (hi0 - lo0) + lo0
+        extra = [((hu - lo) / (hi - lo) * 2.0 - 1.0).clamp(-1.0, 1.0) for lo, hi in self.config.views]
+        return torch.cat([x, *extra], dim=1)
+
     def encode(self, x: torch.Tensor, g: torch.Tensor | None = None,
                scale: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, 1, S, S)``, genes ``(B, G)`` or None, scale ``(B,)`` -> the biomarker ``(B, latent_dim)``.
@@ -184,7 +205,7 @@ class ConditionalAE(nn.Module):
         """
         need = self.config.conditioning == "encoder"
         self._check(x, g, need)
-        h = self.stem(x).flatten(1)  # (B, w[-1] * b * b)
+        h = self.stem(self.window_views(x)).flatten(1)  # (B, 1 + V, S, S) -> (B, w[-1] * b * b)
         if need:
             h = torch.cat([h, self.gene_encoder(g)], dim=1)
         if self.config.scale_input:
@@ -192,7 +213,7 @@ class ConditionalAE(nn.Module):
                 got = None if scale is None else tuple(scale.shape)
                 raise ShapeError(f"this CAE reads the patch scale: expected a scale tensor of shape ({x.shape[0]},) "
                                  f"(log2 mm per pixel, patch contract v2), got {got}")
-            h = torch.cat([h, scale.to(h.dtype)[:, None]], dim=1)
+            return torch.cat([self.to_latent(h), scale.to(h.dtype)[:, None]], dim=1)
         return self.to_latent(h)
 
     def decode(self, z: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:

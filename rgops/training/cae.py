@@ -62,8 +62,10 @@ def cae_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, g: t
     with autocast(device):
         recon, _, gene_pred = model(x, g, s, return_latent=True)
         recon_mse = F.mse_loss(recon.float(), x.float())
+        views = unwrap(model).window_views  # type: ignore[operator]
+        view_mse = F.mse_loss(views(recon.float()), views(x.float()))  # = recon_mse without extra views
         aux = F.mse_loss(gene_pred.float(), t) if gene_pred is not None else torch.zeros((), device=x.device)
-        loss = recon_mse + aux_weight * aux
+        loss = view_mse + aux_weight * aux
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

@@ -57,6 +57,9 @@ def load_preset(params: dict[str, Any], kind: Kind, preset: str) -> tuple[dict[s
 
 
 def model_config(kind: Kind, datasets: Datasets, fields: dict[str, Any]) -> CAEConfig | GANConfig:
-    """The model config for ``datasets``: ``fields`` plus the data's patch size and gene count."""
-    return from_dict(_MODEL[kind], {**fields, "image_size": datasets.size, "n_genes": len(datasets.panel)},
-                     f"train.{kind}.model")
+    """The model config for ``datasets``: ``fields`` plus the data's patch size and gene count (and,
+    for the CAE, the HU window of the datasets' patch contract, so its views re-window correctly)."""
+    data: dict[str, Any] = {"image_size": datasets.size, "n_genes": len(datasets.panel)}
+    if kind == "cae":
+        data["hu_window"] = list(datasets.spec.hu_window)
+    return from_dict(_MODEL[kind], {**fields, **data}, f"train.{kind}.model")
