@@ -53,6 +53,7 @@ reap_task = task(R.reap_orphan_runs, name="reap-orphan-runs", **IO_RETRIES)
 validate_cohort_task = task(R.validate_cohort_step, name="validate-cohort")
 ingest_task = task(R.ingest_step, name="ingest")
 validate_datasets_task = task(R.validate_datasets_step, name="validate-datasets")
+cohort_size_task = task(R.cohort_size_step, name="check-cohort-size")
 train_task = task(R.train_step, name="train", task_run_name="train-{kind}")
 evaluate_task = task(R.evaluate_step, name="evaluate")
 champion_task = task(R.champion_step, name="evaluate-champion", **IO_RETRIES)
@@ -101,7 +102,8 @@ def retrain(
             cluster; it takes precedence over ``ingest_workers``.
 
     Returns:
-        ``{"candidates": {kind: version}, "promoted": {kind: version}, "pending": {...}, "rejected": {...}}``.
+        ``{"candidates": {kind: version}, "promoted": {kind: version}, "pending": {...}, "rejected": {...},
+        "metrics": {evaluation metrics}}``.
 
     Raises:
         PromotionRefused: a gate failed for at least one model (others are still promoted).
@@ -125,6 +127,7 @@ def retrain(
     else:
         ing = ingest_task(cohort, work / "datasets", params)
     vd = validate_datasets_task(ing.path, params, reports_dir)
+    cohort_size_task(ing.path, params)  # too small for the probe protocol: refused before any training
     create_markdown_artifact(f"## Cohort\n\n{vc.markdown}\n\n## Datasets (data {vd.data_digest[:12]}, "
                              f"ingest {'cached' if ing.cached else 'run'})\n\n{vd.markdown}",
                              key="validation-summary", description="Data validation before training")
@@ -146,7 +149,7 @@ def retrain(
         create_markdown_artifact(samples, key="evaluation-samples", description="Figures of the evaluation report")
 
     out: dict[str, Any] = {"candidates": {k: c.version for k, c in candidates.items()},
-                           "promoted": {}, "pending": {}, "rejected": {}}
+                           "promoted": {}, "pending": {}, "rejected": {}, "metrics": metrics}
     for kind, cand in sorted(candidates.items()):
         if reports[kind]["refusal"]:
             continue

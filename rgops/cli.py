@@ -276,12 +276,12 @@ def evaluate_cmd(
 
         result = run_evaluation(datasets, uris, gan, cohort, load_params(params), out, report_dir,
                                 log_to_mlflow=not no_mlflow, progress=report)
+    from rgops.evaluation.protocol import summary_lines
+
     m = result.metrics
-    for name in [*uris, "radiomics"]:
-        line = f"{name}: cv_r2.mean={m[f'{name}.cv_r2.mean']:.3f} cca1={m[f'{name}.cca1']:.3f} " \
-               f"sig_pairs={int(m[f'{name}.sig_pairs'])}"
-        if f"{name}.program_recall" in m:
-            line += f" recall={m[f'{name}.program_recall']:.2f} precision={m[f'{name}.program_precision']:.2f}"
+    typer.echo(f"probe protocol: {int(m['probe.n_train'])} training, {int(m['probe.n_held_out'])} held-out patients "
+               "(R2 on held-out patients, 90% bootstrap interval)")
+    for line in summary_lines(m):
         typer.echo(line)
     if "gan.frechet" in m:
         typer.echo(f"gan: frechet={m['gan.frechet']:.3f} (real-vs-real {m['gan.frechet_ref']:.3f}) "
@@ -479,6 +479,14 @@ def demo_cmd(
     for kind_key in ("promoted", "pending", "rejected"):
         for kind, version in sorted(result.retrain.get(kind_key, {}).items()):
             typer.echo(f"  rgops-{kind} version {version}: {kind_key}")
+    metrics = result.retrain.get("metrics") or {}
+    if metrics:
+        from rgops.evaluation.protocol import summary_lines
+
+        typer.echo(f"held-out validity (probe protocol, {int(metrics.get('probe.n_held_out', 0))} held-out patients, "
+                   "linked-program R2 with 90% interval):")
+        for line in summary_lines(metrics):
+            typer.echo(f"  {line}")
     if result.extract:
         z = result.extract.get("latent") or result.extract.get("features") or []
         typer.echo(f"  /extract: {len(z)}-dim biomarker from {result.extract.get('model', {}).get('name', '?')} "

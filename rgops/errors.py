@@ -17,6 +17,7 @@ Exception tree::
     ├── GeneMismatchError (KeyError)        a profile whose genes do not match a model's gene panel
     ├── DatasetError (ValueError)           an ingested datasets folder that is missing or malformed
     ├── ShapeError (ValueError)             a tensor of the wrong shape at a public boundary
+    ├── EvaluationError (ValueError)        an evaluation that cannot be run as asked (too few patients)
     ├── DataValidationError                 critical data-validation expectations failed
     ├── TrainingError (RuntimeError)        training could not proceed (bad checkpoint, diverged)
     ├── TrackingError (RuntimeError)        the MLflow tracking server is unreachable or refused
@@ -75,6 +76,10 @@ class DatasetError(RgopsError, ValueError):
 
 class ShapeError(RgopsError, ValueError):
     """A tensor or array with the wrong shape at a public boundary."""
+
+
+class EvaluationError(RgopsError, ValueError):
+    """An evaluation that cannot be run as asked (too few patients for a probe, unknown feature set)."""
 
 
 class DataValidationError(RgopsError):

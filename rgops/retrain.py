@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from rgops.errors import DataValidationError, PromotionRefused
+from rgops.training.run import TrainedModel, owner_tags, train_and_log
 
 if TYPE_CHECKING:
     from rgops.data.ingest import MapFn
@@ -168,49 +168,29 @@ def ingest_step(cohort: str | Path, out: str | Path, params: Mapping[str, Any], 
 # --- train ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TrainedModel:
-    """A trained model logged to MLflow (not registered)."""
+def cohort_size_step(datasets: str | Path, params: Mapping[str, Any]) -> None:
+    """Refuse a cohort too small for the probe protocol before any training (the message names the minimum).
 
-    kind: str
-    run_id: str
-    model_uri: str
-    data_digest: str
-    train_metrics: dict[str, float]
+    Raises:
+        EvaluationError: fewer training or held-out patients than ``evaluate.min_*_patients``.
+    """
+    from rgops.data.datasets import Datasets
+    from rgops.evaluation.evaluate import EvaluateConfig
+    from rgops.evaluation.protocol import check_cohort
 
-
-def owner_tags() -> dict[str, str]:
-    """Tags naming the process that owns a run, so a later start can tell a dead run from a live one."""
-    return {"rgops.host": socket.gethostname(), "rgops.pid": str(os.getpid())}
+    cfg = EvaluateConfig.from_params(dict(params))
+    check_cohort(Datasets.load(datasets, mmap=True).manifest, cfg.splits, cfg.min_train_patients,
+                 cfg.min_held_out_patients)
 
 
 def train_step(kind: Kind, datasets: str | Path, params: Mapping[str, Any], preset: str, *,
                tracking_uri: str | None = None, experiment: str = "rgops", tags: Mapping[str, str] | None = None,
                device: str | None = None, progress: ProgressFn | None = None) -> TrainedModel:
-    """Train one model on ``datasets`` in its own MLflow run and log it (weights digest included).
-
-    The run is tagged with the owning host/pid (:func:`owner_tags`) and the caller's ``tags``
-    (e.g. the validation outcome); it ends FAILED when training raises.
-    """
-    from rgops.data.datasets import Datasets
-    from rgops.tracking import MlflowTracker, dvc_hash, git_commit, log_model, model_card
-    from rgops.training import load_preset, model_config, train_cae, train_gan
-
-    ds = Datasets.load(datasets)
-    fields, train_cfg = load_preset(dict(params), kind, preset)
-    config = model_config(kind, ds, fields)
-    trainer = train_cae if kind == "cae" else train_gan
-    with MlflowTracker(experiment, run_name=f"retrain-{kind}", tracking_uri=tracking_uri) as tracker:
-        tracker.set_tags({**owner_tags(), **dict(tags or {}), "rgops.preset": preset})
-        digest = tracker.log_dataset(ds)
-        result = trainer(ds, config, train_cfg, tracker=tracker, device=device, progress=progress)
-        commit = git_commit()
-        card = model_card(kind, config, ds.panel, ds, result.metrics, digest, dvc_hash(datasets), commit)
-        uri = log_model(result.module, kind, config, ds.panel, card)
-        tracker.set_tags({"rgops.git_commit": commit})
-        run_id = tracker.run_id
-    assert run_id is not None
-    return TrainedModel(kind, run_id, uri, digest, {k: float(v) for k, v in result.metrics.items()})
+    """Train and log one model: :func:`rgops.training.run.train_and_log` (the one training step)."""
+    done = train_and_log(kind, datasets, params, preset, device=device, experiment=experiment,
+                         tracking_uri=tracking_uri, tags=tags, progress=progress)
+    assert done is not None  # the flow runs in one process: rank 0
+    return done[0]
 
 
 # --- evaluate ------------------------------------------------------------------------------------
@@ -219,29 +199,28 @@ def train_step(kind: Kind, datasets: str | Path, params: Mapping[str, Any], pres
 def evaluate_step(datasets: str | Path, cae_uri: str, gan_uri: str, params: Mapping[str, Any], *,
                   cohort: str | Path | None = None, tracking_uri: str | None = None,
                   out_dir: str | Path | None = None) -> dict[str, float]:
-    """Held-out metrics of a CAE and a GAN (flat names such as ``cae.cv_r2.mean``, ``gan.frechet``).
+    """Held-out metrics of a CAE and a GAN through the one evaluate-and-log path
+    (:func:`rgops.evaluation.evaluate.evaluate_and_log`): every metric is logged to both models'
+    runs and the CAE's program head to its run, so :func:`register_step` registers the version
+    with its ``rgops.program_head_sha256`` tag and serving returns program scores.
 
     The models are loaded through the registry client (digests checked before unpickling). With a
-    synthetic ``cohort``, its ground truth (``COHORT-truth/``) supplies the targets. The CAE's
-    program head (latent -> gene-program scores) is logged to the CAE's run
-    (:func:`rgops.tracking.log_program_head`), so :func:`register_step` registers the version with
-    its ``rgops.program_head_sha256`` tag and serving returns program scores.
+    synthetic ``cohort``, its ground truth (``COHORT-truth/``) supplies the targets.
     """
+    import tempfile
+
     from rgops.data.datasets import Datasets
-    from rgops.evaluation.evaluate import EvaluateConfig, evaluate, write_outputs
+    from rgops.evaluation.evaluate import EvaluateConfig, evaluate_and_log
     from rgops.registry import Registry
-    from rgops.tracking import log_program_head
 
     ds = Datasets.load(datasets)
     reg = Registry(tracking_uri)
-    cae = reg.load_model(cae_uri)
-    gan = reg.load_model(gan_uri)
+    models = {"cae": reg.load_model(cae_uri), "gan": reg.load_model(gan_uri)}
     cfg = EvaluateConfig.from_params(dict(params))
-    result = evaluate(ds, encoders={"cae": cae.module}, gan=gan.module, truth=_truth(cohort), cfg=cfg)
-    if out_dir is not None:
-        write_outputs(result, Path(out_dir) / "evaluation.json", Path(out_dir) / "report", cfg)
-    if "cae" in result.program_heads:
-        log_program_head(cae.run_id, result.program_heads["cae"])
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(out_dir) if out_dir is not None else Path(tmp)
+        result = evaluate_and_log(ds, models, _truth(cohort), cfg, out / "evaluation.json", out / "report",
+                                  uris={"cae": cae_uri, "gan": gan_uri})
     return {k: float(v) for k, v in result.metrics.items()}
 
 
@@ -394,5 +373,5 @@ def reap_orphan_runs(tracking_uri: str | None = None, experiment: str = "rgops")
 
 __all__ = ["Candidate", "ChampionRecord", "IngestOutcome", "PromotionRefused", "TrainedModel", "ValidationOutcome",
            "cached_ingest", "champion_step", "cohort_fingerprint", "evaluate_step", "gate_step", "gates_markdown",
-           "ingest_step", "owner_tags", "promote_step", "reap_orphan_runs", "refusal_error", "register_step",
+           "ingest_step", "cohort_size_step", "owner_tags", "promote_step", "reap_orphan_runs", "refusal_error", "register_step",
            "train_step", "validate_cohort_step", "validate_datasets_step"]

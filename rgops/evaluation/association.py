@@ -460,9 +460,11 @@ def feature_split_enrichment(
 ) -> dict[str, dict[str, float]]:
     """The gene-set view for one image feature: split patients at its median, rank genes by
     moderated t (high vs low), and test each module with inter-gene correlation allowed for
-    (:func:`module_enrichment`)."""
+    (:func:`module_enrichment`). A feature that splits off fewer than 2 patients gives ``{}``."""
     f = np.asarray(feature, dtype=np.float64).ravel()
     high = f > np.median(f)
+    if min(high.sum(), (~high).sum()) < 2:
+        return {}  # a feature (nearly) constant over these patients splits nobody: nothing to test
     expr = _as_2d("expression", expr)
     t, _, _ = moderated_t(expr, high)
     resid = expr.copy()

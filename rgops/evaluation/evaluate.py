@@ -37,12 +37,17 @@ from rgops.data.datasets import Datasets
 from rgops.errors import CohortError, ConfigError, ShapeError
 from rgops.evaluation import association as A
 from rgops.evaluation import image_metrics as M
+from rgops.evaluation import probe as P
+from rgops.evaluation.handcrafted import handcrafted_features
+from rgops.evaluation.protocol import PatientSplit, ProbeConfig, check_cohort, per_patient, probe_metrics
 from rgops.evaluation.radiomics import RadiomicsConfig, extract_radiomics
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 RADIOMICS = "radiomics"
+HANDCRAFTED = "handcrafted"
+ORACLE = "oracle"
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,10 @@ class EvaluateConfig:
         samples_per_profile: generated samples per profile for diversity.
         traversal_values: program levels (in gene z-score units) of the traversal strips.
         radiomics: pyradiomics settings.
+        min_train_patients / min_held_out_patients: the smallest cohort the probe protocol accepts;
+            checked before any training (:func:`rgops.evaluation.protocol.check_cohort`).
+        probe_alphas / probe_inner_splits: the probe's ridge penalties and inner CV folds.
+        n_boot / level: bootstrap resamples of held-out patients and interval coverage.
     """
 
     splits: tuple[str, ...] = ("val", "test")
@@ -84,6 +93,17 @@ class EvaluateConfig:
     samples_per_profile: int = 8
     traversal_values: tuple[float, ...] = (-2.0, -1.0, 0.0, 1.0, 2.0)
     radiomics: RadiomicsConfig = field(default_factory=RadiomicsConfig)
+    min_train_patients: int = P.MIN_TRAIN
+    min_held_out_patients: int = P.MIN_HELD_OUT
+    probe_alphas: tuple[float, ...] = P.DEFAULT_ALPHAS
+    probe_inner_splits: int = 5
+    n_boot: int = 1000
+    level: float = 0.9
+
+    def probe(self) -> ProbeConfig:
+        """The probe protocol's settings."""
+        return ProbeConfig(self.probe_alphas, self.probe_inner_splits, self.n_boot, self.level, self.seed,
+                           self.min_train_patients, self.min_held_out_patients)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "EvaluateConfig":
@@ -180,13 +200,6 @@ def _spacing(ds: Datasets) -> np.ndarray:
         return m["pixel_spacing_mm"].to_numpy(float) * m["crop_side_px"].to_numpy(float) / ds.size
     log.info("manifest has no pixel spacing/crop side: radiomics shape features are in pixels")
     return np.ones(len(ds))
-
-
-def _by_patient(ids: np.ndarray, values: np.ndarray, order: Sequence[str]) -> np.ndarray:
-    """Average rows of one patient (several patches) in the order of ``order``."""
-    frame = pd.DataFrame(values)
-    frame["_pid"] = ids
-    return frame.groupby("_pid", sort=False).mean().loc[list(order)].to_numpy(dtype=np.float64)
 
 
 # --- association ---------------------------------------------------------------------------------
@@ -403,6 +416,108 @@ class EvaluationResult:
                 "program_heads": self.program_heads}
 
 
+@dataclass
+class _Targets:
+    """Gene-side targets of every patch row and which of them the primary number averages."""
+
+    names: list[str]
+    rows: np.ndarray                # (N, T) for every patch row
+    primary: list[str]
+    pcs_rows: np.ndarray            # (N, k) gene PCs (CCA targets)
+    pc_basis: np.ndarray            # (k, G)
+
+
+def _targets(ds: Datasets, truth: GroundTruth | None, cfg: EvaluateConfig, info: dict[str, Any]) -> _Targets:
+    """Module scores of the truth's programs (primary: the imaging-linked ones), or the top gene PCs."""
+    expr_all = ds.genes.astype(np.float64)
+    _, _, vt = np.linalg.svd(expr_all - expr_all.mean(axis=0), full_matrices=False)
+    k = min(cfg.n_gene_pcs, vt.shape[0])
+    pcs = (expr_all - expr_all.mean(axis=0)) @ vt[:k].T
+    if truth is None:
+        info["targets"] = "gene_pcs"
+        names = [f"pc{i + 1}" for i in range(k)]
+        return _Targets(names, pcs, names, pcs, vt[:k])
+    info["targets"] = "module_scores"
+    rows = A.module_scores(expr_all, list(ds.panel.genes), {p: truth.modules[p] for p in truth.programs})
+    return _Targets(list(truth.programs), rows, list(truth.imaging_linked), pcs, vt[:k])
+
+
+def _feature_sets(ds: Datasets, encoders: Mapping[str, Any], cfg: EvaluateConfig, report: Progress,
+                  info: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Per-patch-row features of every set: the encoders, radiomics and the handcrafted baseline."""
+    sets: dict[str, np.ndarray] = {}
+    for i, (name, model) in enumerate(encoders.items()):
+        report(f"encode {name}", i, len(encoders))
+        sets[name] = encode(model, ds.patches, cfg.batch_size, ds.mm_per_px)
+    report("radiomics", 0, len(ds))
+    rad = extract_radiomics(ds.patches, ds.masks, _spacing(ds), cfg.radiomics,
+                            progress=lambda d, t: report("radiomics", d, t), spec=ds.spec)
+    info["radiomics_features"], info["radiomics_skipped"] = len(rad.names), len(rad.skipped)
+    sets[RADIOMICS] = rad.imputed()
+    report("handcrafted", 0, 1)
+    hand, names = handcrafted_features(ds.spec.to_hu(ds.patches[:, 0]), ds.masks[:, 0] > 0, _spacing(ds))
+    info["handcrafted_features"] = len(names)
+    sets[HANDCRAFTED] = hand
+    return sets
+
+
+def _probe(sets: Mapping[str, np.ndarray], targets: _Targets, pid: np.ndarray, split: PatientSplit,
+           encoders: Mapping[str, Any], truth: GroundTruth | None, cfg: EvaluateConfig
+           ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """The primary protocol: probes fitted on training patients, scored on held-out patients."""
+    tr = {n: per_patient(pid, x, split.train) for n, x in sets.items()}
+    ho = {n: per_patient(pid, x, split.held_out) for n, x in sets.items()}
+    if truth is not None:
+        known = [p for p in split.train + split.held_out if p in truth.table.index]
+        if set(split.train) <= set(known) and set(split.held_out) <= set(known):
+            cols = list(truth.phenotypes)
+            tr[ORACLE] = truth.table.loc[split.train, cols].to_numpy(float)
+            ho[ORACLE] = truth.table.loc[split.held_out, cols].to_numpy(float)
+        else:
+            log.warning("%d patients have no ground-truth row: no oracle probe", len(split.train + split.held_out) - len(known))
+    pairs = [(e, b) for e in encoders for b in (RADIOMICS, HANDCRAFTED)]
+    pairs += [(e, o) for e in encoders for o in encoders if e != o]
+    y_tr, y_ho = per_patient(pid, targets.rows, split.train), per_patient(pid, targets.rows, split.held_out)
+    return probe_metrics(tr, ho, y_tr, y_ho, targets.names, targets.primary, pairs, cfg.probe())
+
+
+def _secondary(sets: Mapping[str, np.ndarray], targets: _Targets, ds: Datasets, pid: np.ndarray,
+               split: PatientSplit, truth: GroundTruth | None, cfg: EvaluateConfig, report: Progress
+               ) -> tuple[dict[str, float], dict[str, dict[str, Any]], dict[str, list[str]], int]:
+    """Secondary numbers on held-out patients only (within-held-out CV after an equal-dimension PCA,
+    CCA, the Spearman map, program recovery, enrichment): names ``<set>.cv_r2.*``, ``<set>.cca1``, ..."""
+    held = split.held_out
+    y = per_patient(pid, targets.rows, held)
+    expr = per_patient(pid, ds.genes, held)
+    pcs = per_patient(pid, targets.pcs_rows, held)
+    dims = [x.shape[1] for name, x in sets.items() if name not in (RADIOMICS, HANDCRAFTED)]
+    k = cfg.equal_dim or (min(dims) if dims else min(32, sets[RADIOMICS].shape[1]))
+    metrics: dict[str, float] = {}
+    details: dict[str, dict[str, Any]] = {}
+    labels: dict[str, list[str]] = {}
+    for i, (name, x) in enumerate(sets.items()):
+        report("associate", i, len(sets))
+        native = per_patient(pid, x, held)
+        reduced = A.pca_reduce(native, k)[0]
+        m, d = associate(reduced, y, targets.names, expr, list(ds.panel.genes), cfg, pcs, truth)
+        metrics.update({f"{name}.{key}": v for key, v in m.items()})
+        details[name] = d
+        labels[name] = [f"z{j + 1}" if native.shape[1] <= k else f"PC{j + 1}" for j in range(reduced.shape[1])]
+    return metrics, details, labels, k
+
+
+def _program_heads(sets: Mapping[str, np.ndarray], encoders: Mapping[str, Any], targets: _Targets, pid: np.ndarray,
+                   split: PatientSplit, cfg: EvaluateConfig) -> dict[str, dict[str, Any]]:
+    """The latent -> program map served with each encoder, fitted on training patients only."""
+    if len(split.train) < 2 * cfg.inner_splits:
+        if encoders:
+            log.warning("only %d training patients: no program head fitted for serving", len(split.train))
+        return {}
+    y = per_patient(pid, targets.rows, split.train)
+    return {name: fit_program_head(per_patient(pid, sets[name], split.train), y, targets.names, cfg)
+            for name in encoders}
+
+
 def evaluate(
     ds: Datasets,
     encoders: Mapping[str, Any] | None = None,
@@ -411,155 +526,89 @@ def evaluate(
     cfg: EvaluateConfig | None = None,
     progress: Progress | None = None,
 ) -> EvaluationResult:
-    """Evaluate image encoders (and a GAN) against the radiomics baseline on held-out patients.
+    """Evaluate image encoders (and a GAN) against radiomics, handcrafted features and the oracle.
+
+    The primary numbers follow the probe protocol (:mod:`rgops.evaluation.protocol`): probes fitted
+    on training patients, scored on held-out patients, with bootstrap intervals (``<set>.probe_r2.*``,
+    ``<a>.probe_diff.<b>.*``). Within-held-out CV, CCA, the Spearman map and program recovery are
+    secondary numbers (``<set>.cv_r2.*`` ...).
 
     Args:
-        ds: the ingested datasets.
+        ds: the ingested datasets (several slices per patient: features are averaged per patient).
         encoders: name -> :class:`~rgops.models.cae.ConditionalAE` (e.g. ``{"cae": ..., "ae": ...}``);
-            the name prefixes each metric. ``radiomics`` is always added.
+            the name prefixes each metric. ``radiomics`` and ``handcrafted`` are always added.
         gan: a :class:`~rgops.models.gan.Generator`, or None to skip the ``gan.*`` metrics.
-        truth: the synthetic cohort's ground truth; targets are then the module scores of its programs
-            and program recall/precision and oracle R^2 are reported. Without it, targets are the top
-            gene PCs.
+        truth: the synthetic cohort's ground truth; targets are then the module scores of its
+            programs (primary: the imaging-linked ones) and the oracle is probed. Without it, targets
+            are the top gene PCs.
         progress: called as ``progress(stage, done, total)``.
 
-    Returns:
-        An :class:`EvaluationResult`; ``result.metrics`` has stable flat names.
-
     Raises:
-        ShapeError: too few held-out patients for the folds, or the truth matches none of them.
-        ConfigError: an encoder is named ``radiomics`` or ``gan``.
+        EvaluationError: too few training or held-out patients for the protocol.
+        ShapeError: the truth matches none of the held-out patients.
+        ConfigError: an encoder is named like a baseline.
     """
     cfg = cfg or EvaluateConfig()
     encoders = dict(encoders or {})
-    clash = sorted(set(encoders) & {RADIOMICS, "gan", "oracle"})
+    clash = sorted(set(encoders) & {RADIOMICS, HANDCRAFTED, "gan", ORACLE})
     if clash:
         raise ConfigError(f"encoder names {clash} are reserved; name them e.g. 'cae' and 'ae'")
     report = progress or (lambda stage, done, total: None)
-    pid = ds.manifest["pseudo_id"].to_numpy()
-    split = ds.manifest["split"].to_numpy()
-    eval_rows = np.flatnonzero(np.isin(split, cfg.splits))
-    train_rows = np.flatnonzero(~np.isin(split, cfg.splits))
-    patients = list(dict.fromkeys(pid[eval_rows]))
-    if len(patients) < 2 * cfg.n_splits:
+    split = check_cohort(ds.manifest, cfg.splits, cfg.min_train_patients, cfg.min_held_out_patients)
+    pid = ds.patient_ids
+    info: dict[str, Any] = {"n_patients": len(split.held_out), "n_train_patients": len(split.train),
+                            "n_patches": len(ds), "splits": list(cfg.splits), "n_genes": len(ds.panel),
+                            "data_digest": ds.digest(), "patch_spec": ds.spec.to_json()}
+    if truth is not None and not any(p in truth.table.index for p in split.held_out):
         raise ShapeError(
-            f"only {len(patients)} patients in splits {list(cfg.splits)}; cross-validation with "
-            f"{cfg.n_splits} folds needs at least {2 * cfg.n_splits}: lower evaluate.n_splits or use a larger cohort"
-        )
-    genes = list(ds.panel.genes)
-    expr_all = ds.genes.astype(np.float64)
-    expr = _by_patient(pid[eval_rows], expr_all[eval_rows], patients)
-
-    # Gene-side targets for every patch row (so the GAN regressor can use training rows too).
-    pca_mean = expr_all.mean(axis=0)
-    _, _, vt = np.linalg.svd(expr_all - pca_mean, full_matrices=False)
-    k_pcs = min(cfg.n_gene_pcs, vt.shape[0])
-    pcs_all = (expr_all - pca_mean) @ vt[:k_pcs].T
-    info: dict[str, Any] = {"n_patients": len(patients), "splits": list(cfg.splits), "n_genes": len(genes),
-                            "data_digest": ds.digest()}
-    if truth is not None:
-        target_names = list(truth.programs)
-        targets_all = A.module_scores(expr_all, genes, {p: truth.modules[p] for p in truth.programs})
-        info["targets"] = "module_scores"
-        missing = [p for p in patients if p not in truth.table.index]
-        if len(missing) == len(patients):
-            raise ShapeError(
-                "no held-out patient of the datasets is in the ground truth: the cohort was ingested with "
-                "another pseudonymisation key or is another cohort (check RGOPS_PSEUDONYM_KEY and --cohort)"
-            )
-        if missing:
-            log.warning("%d of %d patients have no ground-truth row; oracle R^2 uses the others",
-                        len(missing), len(patients))
-    else:
-        target_names = [f"pc{i + 1}" for i in range(k_pcs)]
-        targets_all = pcs_all
-        info["targets"] = "gene_pcs"
-    targets = _by_patient(pid[eval_rows], targets_all[eval_rows], patients)
-    gene_pcs = _by_patient(pid[eval_rows], pcs_all[eval_rows], patients)
-
-    # Image features of every patch, per set.
-    sets_all: dict[str, np.ndarray] = {}
-    for i, (name, model) in enumerate(encoders.items()):
-        report(f"encode {name}", i, len(encoders))
-        sets_all[name] = encode(model, ds.patches, cfg.batch_size, ds.mm_per_px)
-    report("radiomics", 0, len(ds))
-    rad = extract_radiomics(ds.patches, ds.masks, _spacing(ds), cfg.radiomics,
-                            progress=lambda d, t: report("radiomics", d, t))
-    info["radiomics_features"] = len(rad.names)
-    info["radiomics_skipped"] = len(rad.skipped)
-    sets_all[RADIOMICS] = rad.imputed()
-    heads: dict[str, dict[str, Any]] = {}
-    train_patients = list(dict.fromkeys(pid[train_rows]))
-    if len(train_patients) >= 2 * cfg.inner_splits:
-        for name in encoders:
-            heads[name] = fit_program_head(_by_patient(pid[train_rows], sets_all[name][train_rows], train_patients),
-                                           _by_patient(pid[train_rows], targets_all[train_rows], train_patients),
-                                           target_names, cfg)
-    elif encoders:
-        log.warning("only %d training patients: no program head fitted for serving", len(train_patients))
-    dims = [x.shape[1] for name, x in sets_all.items() if name != RADIOMICS]
-    k = cfg.equal_dim or (min(dims) if dims else min(32, sets_all[RADIOMICS].shape[1]))
-    info["equal_dim"] = k
-    per_patient = {name: _by_patient(pid[eval_rows], x[eval_rows], patients) for name, x in sets_all.items()}
-    reduced = _equal_dim(per_patient, k)
-
-    metrics: dict[str, float] = {}
-    details: dict[str, dict[str, Any]] = {}
-    labels: dict[str, list[str]] = {}
-    for i, (name, x) in enumerate(reduced.items()):
-        report("associate", i, len(reduced))
-        m, d = associate(x, targets, target_names, expr, genes, cfg, gene_pcs, truth)
-        metrics.update({f"{name}.{key}": v for key, v in m.items()})
-        details[name] = d
-        native = per_patient[name].shape[1] <= k
-        labels[name] = [f"z{j + 1}" if native else f"PC{j + 1}" for j in range(x.shape[1])]
-        if name == RADIOMICS and native:
-            labels[name] = [n.replace("original_", "") for n in rad.names]
-    if truth is not None:
-        known = [j for j, p in enumerate(patients) if p in truth.table.index]
-        pheno = truth.table.loc[[patients[j] for j in known], list(truth.phenotypes)].to_numpy(float)
-        r2 = A.ridge_cv_r2(pheno, targets[known], n_splits=cfg.n_splits, inner_splits=cfg.inner_splits,
-                           alphas=cfg.alphas, seed=cfg.seed)
-        for name, v in zip(target_names, r2):
-            metrics[f"oracle.cv_r2.{name}"] = float(v)
-        linked = [j for j, n in enumerate(target_names) if n in truth.imaging_linked]
-        metrics["oracle.cv_r2.mean"] = float(np.mean(r2))
-        metrics["oracle.cv_r2.linked_mean"] = float(np.mean(r2[linked])) if linked else 0.0
-        for name in reduced:
-            metrics[f"{name}.cv_r2.linked_vs_oracle"] = (
-                metrics[f"{name}.cv_r2.linked_mean"] / max(metrics["oracle.cv_r2.linked_mean"], 1e-12))
-        details["oracle"] = {"r2": r2}
-
+            "no held-out patient of the datasets is in the ground truth: the cohort was ingested with "
+            "another pseudonymisation key or is another cohort (check RGOPS_PSEUDONYM_KEY and --cohort)")
+    targets = _targets(ds, truth, cfg, info)
+    sets = _feature_sets(ds, encoders, cfg, report, info)
+    report("probe", 0, 1)
+    metrics, _ = _probe(sets, targets, pid, split, encoders, truth, cfg)
+    secondary, details, labels, info["equal_dim"] = _secondary(sets, targets, ds, pid, split, truth, cfg, report)
+    metrics.update(secondary)
+    heads = _program_heads(sets, encoders, targets, pid, split, cfg)
     strips: dict[str, np.ndarray] = {}
     if gan is not None:
         report("gan", 0, 1)
-        if cfg.gan_feature_space == "encoder" and encoders:
-            enc_name, enc = next(iter(encoders.items()))
-            featurise = lambda p: encode(enc, p, cfg.batch_size, np.ones(len(p), np.float32))  # noqa: E731
-            info["gan_feature_space"] = f"encoder:{enc_name}"
-        else:
-            whole = RadiomicsConfig(bin_width=cfg.radiomics.bin_width,
-                                    feature_classes=("firstorder", "glcm", "glrlm", "ngtdm"))
-
-            def featurise(p: np.ndarray) -> np.ndarray:
-                return extract_radiomics(p, np.ones_like(p, dtype=np.uint8), None, whole).imputed()
-
-            info["gan_feature_space"] = "radiomics:whole_patch"
-        if truth is not None:
-            index = {g: i for i, g in enumerate(genes)}
-            directions = {}
-            for p in truth.programs:
-                d = np.zeros(len(genes))
-                d[[index[g] for g in truth.modules[p] if g in index]] = 1.0
-                directions[p] = d
-        else:
-            # A unit loading vector scaled by the PC's standard deviation: values are in SD units.
-            directions = {f"pc{i + 1}": vt[i] * pcs_all[:, i].std() for i in range(min(3, k_pcs))}
-        gm, strips = gan_metrics(gan, ds, featurise, train_rows, eval_rows, lambda r: targets_all[r],
-                                 directions, cfg)
+        gm, strips = _gan_step(gan, ds, encoders, targets, truth, cfg, info)
         metrics.update(gm)
         report("gan", 1, 1)
-    return EvaluationResult(metrics, info, details, target_names, targets, strips, labels, heads)
+    held_targets = per_patient(pid, targets.rows, split.held_out)
+    return EvaluationResult(metrics, info, details, targets.names, held_targets, strips, labels, heads)
+
+
+def _gan_step(gan: Any, ds: Datasets, encoders: Mapping[str, Any], targets: _Targets, truth: GroundTruth | None,
+              cfg: EvaluateConfig, info: dict[str, Any]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """``gan.*`` metrics in the configured feature space, with traversal directions per program."""
+    split = ds.manifest["split"].to_numpy()
+    eval_rows = np.flatnonzero(np.isin(split, cfg.splits))
+    train_rows = np.flatnonzero(~np.isin(split, cfg.splits))
+    if cfg.gan_feature_space == "encoder" and encoders:
+        enc_name, enc = next(iter(encoders.items()))
+        featurise = lambda p: encode(enc, p, cfg.batch_size, np.ones(len(p), np.float32))  # noqa: E731
+        info["gan_feature_space"] = f"encoder:{enc_name}"
+    else:
+        whole = RadiomicsConfig(bin_width=cfg.radiomics.bin_width, feature_classes=("firstorder", "glcm", "glrlm", "ngtdm"))
+
+        def featurise(p: np.ndarray) -> np.ndarray:
+            return extract_radiomics(p, np.ones_like(p, dtype=np.uint8), None, whole, spec=ds.spec).imputed()
+
+        info["gan_feature_space"] = "radiomics:whole_patch"
+    genes = list(ds.panel.genes)
+    if truth is not None:
+        index = {g: i for i, g in enumerate(genes)}
+        directions = {}
+        for p in truth.programs:
+            d = np.zeros(len(genes))
+            d[[index[g] for g in truth.modules[p] if g in index]] = 1.0
+            directions[p] = d
+    else:  # a unit loading vector scaled by the PC's standard deviation: values are in SD units
+        directions = {f"pc{i + 1}": targets.pc_basis[i] * targets.pcs_rows[:, i].std()
+                      for i in range(min(3, len(targets.pc_basis)))}
+    return gan_metrics(gan, ds, featurise, train_rows, eval_rows, lambda r: targets.rows[r], directions, cfg)
 
 
 def write_outputs(result: EvaluationResult, out_json: str | Path, report_dir: str | Path,
@@ -610,23 +659,12 @@ def run_evaluation(
     """
     from rgops import tracking
     from rgops.data.pseudonym import load_key
-    from rgops.errors import GeneMismatchError
 
     cfg = EvaluateConfig.from_params(params or {})
     ds = Datasets.load(datasets)
     loaded: dict[str, Any] = {}
     for name, uri in [*encoder_uris.items(), *([("gan", gan_uri)] if gan_uri else [])]:
-        lm = tracking.load_logged_model(uri)
-        want = "gan" if name == "gan" else "cae"
-        if lm.kind != want:
-            raise ConfigError(f"model {uri!r} given as {name!r} is a {lm.kind} model; expected a {want} model")
-        if tuple(lm.panel.genes) != tuple(ds.panel.genes):
-            missing = sorted(set(lm.panel.genes) ^ set(ds.panel.genes))[:10]
-            raise GeneMismatchError(
-                f"model {uri!r} was trained on a gene panel of {len(lm.panel.genes)} genes, the datasets have "
-                f"{len(ds.panel.genes)} (differing: {missing or 'order only'}); evaluate on the datasets it was trained on"
-            )
-        loaded[name] = lm
+        loaded[name] = tracking.load_logged_model(uri)
     truth = None
     if cohort is not None:
         tdir = truth_dir_for(cohort)
@@ -634,18 +672,65 @@ def run_evaluation(
             truth = GroundTruth.load(tdir, load_key(create=False))
         else:
             log.info("no ground truth beside %s (looked for %s): real-data metrics only", cohort, tdir)
-    encoders = {n: lm.module for n, lm in loaded.items() if n != "gan"}
-    result = evaluate(ds, encoders, gan=loaded["gan"].module if "gan" in loaded else None, truth=truth, cfg=cfg,
+    uris = {**encoder_uris, **({"gan": gan_uri} if gan_uri else {})}
+    return evaluate_and_log(ds, loaded, truth, cfg, out_json, report_dir, uris=uris,
+                            log_to_mlflow=log_to_mlflow, progress=progress)
+
+
+def check_models(ds: Datasets, models: Mapping[str, Any], uris: Mapping[str, str]) -> None:
+    """Every model is of the kind its name says and was trained on the datasets' gene panel.
+
+    Raises:
+        ConfigError: a model given as ``gan`` is a CAE, or the other way round.
+        GeneMismatchError: a model's gene panel differs from the datasets'.
+    """
+    from rgops.errors import GeneMismatchError
+
+    for name, lm in models.items():
+        uri = uris.get(name, name)
+        want = "gan" if name == "gan" else "cae"
+        if lm.kind != want:
+            raise ConfigError(f"model {uri!r} given as {name!r} is a {lm.kind} model; expected a {want} model")
+        if tuple(lm.panel.genes) != tuple(ds.panel.genes):
+            missing = sorted(set(lm.panel.genes) ^ set(ds.panel.genes))[:10]
+            raise GeneMismatchError(
+                f"model {uri!r} was trained on a gene panel of {len(lm.panel.genes)} genes, the datasets have "
+                f"{len(ds.panel.genes)} (differing: {missing or 'order only'}); evaluate on the datasets it was trained on")
+
+
+def evaluate_and_log(
+    ds: Datasets,
+    models: Mapping[str, Any],
+    truth: GroundTruth | None,
+    cfg: EvaluateConfig,
+    out_json: str | Path,
+    report_dir: str | Path,
+    uris: Mapping[str, str] | None = None,
+    log_to_mlflow: bool = True,
+    progress: Progress | None = None,
+) -> EvaluationResult:
+    """The one evaluate-and-log step (``rgops evaluate``, the DVC stage and the retrain flow).
+
+    Evaluates the loaded models (name -> :class:`rgops.tracking.LoadedModel`; ``gan`` is the
+    generator, every other name an encoder), writes ``evaluation.json`` and the report, logs every
+    metric and file to the MLflow run of each evaluated model, and logs the ``cae`` encoder's
+    program head to its run (a version registered from that run afterwards serves program scores).
+    """
+    from rgops import tracking
+
+    check_models(ds, models, uris or {})
+    encoders = {n: lm.module for n, lm in models.items() if n != "gan"}
+    result = evaluate(ds, encoders, gan=models["gan"].module if "gan" in models else None, truth=truth, cfg=cfg,
                       progress=progress)
-    result.info["models"] = {n: {"uri": encoder_uris.get(n, gan_uri), "run_id": lm.run_id,
-                                 "weights_sha256": lm.weights_sha256} for n, lm in loaded.items()}
+    result.info["models"] = {n: {"uri": (uris or {}).get(n), "run_id": lm.run_id, "weights_sha256": lm.weights_sha256}
+                             for n, lm in models.items()}
     files = write_outputs(result, out_json, report_dir, cfg)
     if log_to_mlflow:
         heads_file = Path(report_dir) / "program_heads.json"
         heads_file.write_text(json.dumps(result.program_heads))
         files["program_heads"] = heads_file
-        for run_id in dict.fromkeys(lm.run_id for lm in loaded.values()):
+        for run_id in dict.fromkeys(lm.run_id for lm in models.values()):
             tracking.log_evaluation(run_id, result.metrics, files, Path(report_dir))
-        if "cae" in loaded and "cae" in result.program_heads:
-            tracking.log_program_head(loaded["cae"].run_id, result.program_heads["cae"])
+        if "cae" in models and "cae" in result.program_heads:
+            tracking.log_program_head(models["cae"].run_id, result.program_heads["cae"])
     return result

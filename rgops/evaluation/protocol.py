@@ -116,4 +116,23 @@ def probe_metrics(train_x: Mapping[str, np.ndarray], held_x: Mapping[str, np.nda
     return metrics, preds
 
 
-__all__ = ["PatientSplit", "ProbeConfig", "check_cohort", "per_patient", "probe_metrics"]
+def summary_lines(metrics: Mapping[str, float]) -> list[str]:
+    """Side-by-side probe numbers of every feature set (models first, then baselines and the oracle),
+    one line each, for the CLI and the demo: ``cae  primary 0.49 [0.35, 0.60]  proliferation 0.62 ...``."""
+    sets = sorted({k.split(".probe_r2.")[0] for k in metrics if k.endswith(".probe_r2.primary")},
+                  key=lambda n: (n in ("radiomics", "handcrafted", "oracle"), n == "oracle", n))
+    lines = []
+    for name in sets:
+        p = f"{name}.probe_r2.primary"
+        targets = [k[len(f"{name}.probe_r2."):] for k in metrics
+                   if k.startswith(f"{name}.probe_r2.") and k.count(".") == 2 and not k.endswith(".primary")]
+        per = "  ".join(f"{t} {metrics[f'{name}.probe_r2.{t}']:.2f}" for t in targets)
+        lines.append(f"{name:<12} probe R2 {metrics[p]:.3f} [{metrics[p + '.lo']:.3f}, {metrics[p + '.hi']:.3f}]  {per}")
+    for k in sorted(metrics):
+        if ".probe_diff." in k and k.endswith(".primary"):
+            a, b = k.removesuffix(".primary").split(".probe_diff.")
+            lines.append(f"{a} - {b}: {metrics[k]:+.3f} [{metrics[k + '.lo']:+.3f}, {metrics[k + '.hi']:+.3f}]")
+    return lines
+
+
+__all__ = ["summary_lines", "PatientSplit", "ProbeConfig", "check_cohort", "per_patient", "probe_metrics"]

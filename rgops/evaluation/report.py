@@ -145,6 +145,26 @@ def _strip_figure(strips: dict[str, np.ndarray], values: list[float], path: Path
     _save(fig, path)
 
 
+def _probe_blocks(result: "EvaluationResult") -> list[Block]:
+    """The primary table: probe R^2 on held-out patients with 90% bootstrap intervals."""
+    m, t = result.metrics, result.target_names
+    sets = sorted({k.split(".probe_r2.")[0] for k in m if ".probe_r2.primary" in k and not k.endswith((".lo", ".hi"))},
+                  key=lambda n: (n in ("radiomics", "handcrafted", "oracle"), n))
+    if not sets:
+        return []
+    iv = lambda k: f"{m[k]:.3f} [{m[k + '.lo']:.3f}, {m[k + '.hi']:.3f}]"  # noqa: E731
+    rows = [[n, iv(f"{n}.probe_r2.primary"), *(f"{m.get(f'{n}.probe_r2.{x}', float('nan')):.3f}" for x in t)]
+            for n in sets]
+    diffs = [[k.replace(".probe_diff.", " - ").replace(".primary", ""), iv(k)] for k in sorted(m)
+             if ".probe_diff." in k and k.endswith(".primary")]
+    return [("h2", "Primary: probe on training patients, scored on held-out patients"),
+            ("p", "A ridge probe (penalty by inner CV on the training split) fitted on the training patients' "
+                  "features (mean over each patient's slices), scored on held-out patients; 90% bootstrap intervals "
+                  "over held-out patients. 'primary' averages the imaging-linked programs (gene PCs without ground truth)."),
+            ("table", ["feature set", "primary R2 [90% CI]", *t], rows),
+            ("table", ["paired difference", "primary R2 [90% CI]"], diffs)]
+
+
 def write_report(result: "EvaluationResult", out_dir: str | Path, fdr_q: float = 0.05,
                  traversal_values: list[float] | None = None) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and ``figures/*.png`` under ``out_dir``.
@@ -164,12 +184,16 @@ def write_report(result: "EvaluationResult", out_dir: str | Path, fdr_q: float =
     sets = [n for n in result.details if n != "oracle"]
     blocks: list[Block] = [("h1", "rgops radiogenomic evaluation")]
     i = result.info
-    blocks.append(("p", f"{i.get('n_patients')} held-out patients (splits {', '.join(i.get('splits', []))}), "
-                        f"targets: {i.get('targets')}, every feature set at {i.get('equal_dim')} dimensions "
-                        f"(PCA where wider); radiomics: {i.get('radiomics_features')} pyradiomics features, "
-                        f"{i.get('radiomics_skipped')} patches skipped. All numbers are out of fold."))
+    blocks.append(("p", f"{i.get('n_train_patients')} training and {i.get('n_patients')} held-out patients (splits "
+                        f"{', '.join(i.get('splits', []))}), {i.get('n_patches')} slices; targets: {i.get('targets')}; "
+                        f"radiomics: {i.get('radiomics_features')} pyradiomics features, {i.get('radiomics_skipped')} "
+                        f"patches skipped; handcrafted: {i.get('handcrafted_features')} shape + texture features."))
+    blocks += _probe_blocks(result)
 
-    blocks.append(("h2", "Association summary"))
+    blocks.append(("h2", "Secondary: within-held-out cross-validation"))
+    blocks.append(("p", f"Every feature set cut to {i.get('equal_dim')} dimensions (PCA where wider) and "
+                        "cross-validated among the held-out patients only: noisy at a few dozen patients, kept "
+                        "for the CCA, the Spearman map and program recovery."))
     has_truth = any(f"{n}.program_recall" in m for n in sets)
     header = ["feature set", "CV R2 mean", "CCA1 held-out", "significant pairs"]
     if has_truth:
@@ -184,7 +208,7 @@ def write_report(result: "EvaluationResult", out_dir: str | Path, fdr_q: float =
         rows.append(r)
     blocks.append(("table", header, rows))
 
-    blocks.append(("h2", "Held-out R2 per target"))
+    blocks.append(("h2", "Secondary: within-held-out CV R2 per target"))
     per = [[n, *(float(v) for v in result.details[n]["r2"])] for n in result.details]
     blocks.append(("table", ["feature set", *t], per))
     p = figs / "cv_r2.png"

@@ -16,6 +16,7 @@ Layout::
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 from rgops.config import from_dict, section
@@ -24,6 +25,8 @@ from rgops.errors import ConfigError
 from rgops.models.cae import CAEConfig
 from rgops.models.gan import GANConfig
 from rgops.training.common import CAETrainConfig, GANTrainConfig
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["cae", "gan"]
 PRESETS = ("tiny", "demo", "full")
@@ -62,4 +65,13 @@ def model_config(kind: Kind, datasets: Datasets, fields: dict[str, Any]) -> CAEC
     data: dict[str, Any] = {"image_size": datasets.size, "n_genes": len(datasets.panel)}
     if kind == "cae":
         data["hu_window"] = list(datasets.spec.hu_window)
+        # The gene-PC head cannot predict more components than the training split has: at most one
+        # per training patient and one per gene (a tiny cohort of 16 patients x 12 genes has 12).
+        pcs = int(fields.get("aux_pcs", CAEConfig.aux_pcs))
+        if pcs > 0:
+            train = datasets.manifest.loc[datasets.manifest["split"] == "train", "pseudo_id"].nunique()
+            data["aux_pcs"] = max(1, min(pcs, len(datasets.panel), int(train)))
+            if data["aux_pcs"] < pcs:
+                log.info("CAE aux_pcs %d lowered to %d: the training split has %d patients and %d genes",
+                         pcs, data["aux_pcs"], train, len(datasets.panel))
     return from_dict(_MODEL[kind], {**fields, **data}, f"train.{kind}.model")

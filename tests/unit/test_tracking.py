@@ -81,12 +81,13 @@ def test_logged_model_reloads_with_same_outputs(trained, kind):
     torch.manual_seed(0)
     g = torch.randn(2, 12)
     first = torch.rand(2, 1, 64, 64) * 2 - 1 if kind == "cae" else torch.randn(2, loaded.config.z_dim)
+    extra = (torch.tensor([0.0, 1.0]),) if kind == "cae" and loaded.config.scale_input else ()  # log2 mm/px
     with torch.no_grad():
-        assert torch.equal(loaded.module(first, g), plain(first, g))
+        assert torch.equal(loaded.module(first, g, *extra), plain(first, g, *extra))
     state = torch.load(Path(mlflow.artifacts.download_artifacts(uri)) / "extra_files" / "state_dict.pt", weights_only=True)
     assert all(torch.equal(state[k], v) for k, v in loaded.module.state_dict().items())
     if kind == "cae":
-        assert loaded.module.encode(first, g).shape == (2, loaded.config.latent_dim)
+        assert loaded.module.encode(first, g, *extra).shape == (2, loaded.config.latent_dim)
 
 
 def test_tampered_model_is_refused_before_unpickling(trained):

@@ -50,6 +50,7 @@ def store(tmp_path, monkeypatch, train_datasets_dir):
     monkeypatch.setenv("RGOPS_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["evaluate"] = {"n_splits": 2, "inner_splits": 2, "diversity_profiles": 2, "samples_per_profile": 2,
+                          "min_train_patients": 8, "min_held_out_patients": 4, "n_boot": 200,
                           "traversal_values": [-1.0, 1.0]}
     params_path = tmp_path / "params.yaml"
     params_path.write_text(yaml.safe_dump(params))
@@ -77,6 +78,10 @@ def test_evaluate_command_logs_to_model_runs(store, train_datasets_dir, tmp_path
     for kind in ("cae", "gan"):
         run = client.get_run(runs[kind])
         assert run.data.metrics["gan.frechet"] == pytest.approx(doc["metrics"]["gan.frechet"])
+        # the primary probe-protocol numbers are run metrics, so the MLflow UI compares models by them
+        for key in ("cae.probe_r2.primary", "cae.probe_r2.primary.lo", "radiomics.probe_r2.primary",
+                    "cae.probe_diff.radiomics.primary", "handcrafted.probe_r2.primary"):
+            assert run.data.metrics[key] == pytest.approx(doc["metrics"][key])
         names = {a.path for a in client.list_artifacts(runs[kind], "evaluation")}
         assert {"evaluation/report.html", "evaluation/evaluation.json", "evaluation/figures"} <= names
     from rgops.tracking import TAG_PROGRAM_HEAD, load_logged_model
