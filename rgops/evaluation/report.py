@@ -165,35 +165,15 @@ def _probe_blocks(result: "EvaluationResult") -> list[Block]:
             ("table", ["paired difference", "primary R2 [90% CI]"], diffs)]
 
 
-def write_report(result: "EvaluationResult", out_dir: str | Path, fdr_q: float = 0.05,
-                 traversal_values: list[float] | None = None) -> dict[str, Path]:
-    """Write ``report.md``, ``report.html`` and ``figures/*.png`` under ``out_dir``.
-
-    Returns:
-        name -> path of each file written.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    out = Path(out_dir)
-    figs = out / "figures"
-    figs.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Path] = {}
-    m = result.metrics
-    t = result.target_names
+def _secondary_blocks(result: "EvaluationResult", figs: Path, files: dict[str, Path]) -> list[Block]:
+    """The within-held-out CV summary, its per-target table and figure."""
+    m, t, i = result.metrics, result.target_names, result.info
     sets = [n for n in result.details if n != "oracle"]
-    blocks: list[Block] = [("h1", "rgops radiogenomic evaluation")]
-    i = result.info
-    blocks.append(("p", f"{i.get('n_train_patients')} training and {i.get('n_patients')} held-out patients (splits "
-                        f"{', '.join(i.get('splits', []))}), {i.get('n_patches')} slices; targets: {i.get('targets')}; "
-                        f"radiomics: {i.get('radiomics_features')} pyradiomics features, {i.get('radiomics_skipped')} "
-                        f"patches skipped; handcrafted: {i.get('handcrafted_features')} shape + texture features."))
-    blocks += _probe_blocks(result)
-
-    blocks.append(("h2", "Secondary: within-held-out cross-validation"))
-    blocks.append(("p", f"Every feature set cut to {i.get('equal_dim')} dimensions (PCA where wider) and "
-                        "cross-validated among the held-out patients only: noisy at a few dozen patients, kept "
-                        "for the CCA, the Spearman map and program recovery."))
+    blocks: list[Block] = [
+        ("h2", "Secondary: within-held-out cross-validation"),
+        ("p", f"Every feature set cut to {i.get('equal_dim')} dimensions (PCA where wider) and "
+              "cross-validated among the held-out patients only: noisy at a few dozen patients, kept "
+              "for the CCA, the Spearman map and program recovery.")]
     has_truth = any(f"{n}.program_recall" in m for n in sets)
     header = ["feature set", "CV R2 mean", "CCA1 held-out", "significant pairs"]
     if has_truth:
@@ -207,37 +187,33 @@ def write_report(result: "EvaluationResult", out_dir: str | Path, fdr_q: float =
                   m.get(f"{n}.cv_r2.linked_vs_oracle", float("nan")), int(m.get(f"{n}.enriched_pairs", 0))]
         rows.append(r)
     blocks.append(("table", header, rows))
-
     blocks.append(("h2", "Secondary: within-held-out CV R2 per target"))
     per = [[n, *(float(v) for v in result.details[n]["r2"])] for n in result.details]
     blocks.append(("table", ["feature set", *t], per))
-    p = figs / "cv_r2.png"
-    _cv_r2_figure(result, p)
-    files["fig_cv_r2"] = p
+    files["fig_cv_r2"] = figs / "cv_r2.png"
+    _cv_r2_figure(result, files["fig_cv_r2"])
     blocks.append(("img", "figures/cv_r2.png", "Held-out R2 per target"))
-
     if has_truth:
         blocks.append(("h2", "Ground-truth program recovery"))
-        rec_rows = []
-        for n in sets:
-            rec = result.details[n].get("recovery", {})
-            rec_rows.append([n, ", ".join(rec.get("found", [])) or "-", ", ".join(rec.get("missed", [])) or "-",
-                             ", ".join(rec.get("false_links", [])) or "-"])
+        rec = [result.details[n].get("recovery", {}) for n in sets]
         blocks.append(("table", ["feature set", "linked programs found", "missed", "decoys falsely linked"],
-                       rec_rows))
+                       [[n, *(", ".join(r.get(k, [])) or "-" for k in ("found", "missed", "false_links"))]
+                        for n, r in zip(sets, rec)]))
+    return blocks
 
-    blocks.append(("h2", "Radiogenomic maps"))
-    for n in sets:
+
+def _map_blocks(result: "EvaluationResult", figs: Path, files: dict[str, Path], fdr_q: float) -> list[Block]:
+    """Per feature set: the Spearman map, held-out predictions and the strongest enrichments."""
+    t = result.target_names
+    blocks: list[Block] = [("h2", "Radiogenomic maps")]
+    for n in [n for n in result.details if n != "oracle"]:
         d = result.details[n]
-        p = figs / f"map_{n}.png"
+        files[f"fig_map_{n}"], files[f"fig_scatter_{n}"] = figs / f"map_{n}.png", figs / f"scatter_{n}.png"
         _map_figure(d["rho"], d["q"], result.feature_labels.get(n, []), t, fdr_q,
-                    f"{n}: Spearman rho, * BH q < {fdr_q}", p)
-        files[f"fig_map_{n}"] = p
-        blocks.append(("img", f"figures/map_{n}.png", f"{n} radiogenomic map"))
-        p = figs / f"scatter_{n}.png"
-        _scatter_figure(result.targets, d["pred"], t, d["r2"], f"{n}: held-out predictions", p)
-        files[f"fig_scatter_{n}"] = p
-        blocks.append(("img", f"figures/scatter_{n}.png", f"{n} held-out predictions"))
+                    f"{n}: Spearman rho, * BH q < {fdr_q}", files[f"fig_map_{n}"])
+        _scatter_figure(result.targets, d["pred"], t, d["r2"], f"{n}: held-out predictions", files[f"fig_scatter_{n}"])
+        blocks += [("img", f"figures/map_{n}.png", f"{n} radiogenomic map"),
+                   ("img", f"figures/scatter_{n}.png", f"{n} held-out predictions")]
         enr = d.get("enrichment")
         if enr is not None and len(enr):
             blocks.append(("p", f"{n}: strongest module enrichments (patients split at the median of a feature, "
@@ -245,32 +221,64 @@ def write_report(result: "EvaluationResult", out_dir: str | Path, fdr_q: float =
             blocks.append(("table", ["feature", "module", "mean t", "p", "q"],
                            [[result.feature_labels[n][int(r.feature)], r.module, float(r.mean_t), float(r.p),
                              float(r.q)] for r in enr.head(8).itertuples()]))
+    return blocks
 
-    gan = {k: v for k, v in m.items() if k.startswith("gan.")}
+
+def _gan_blocks(result: "EvaluationResult", figs: Path, files: dict[str, Path],
+                traversal_values: list[float] | None) -> list[Block]:
+    """The GAN's metrics table and its traversal strips."""
+    gan = {k: v for k, v in result.metrics.items() if k.startswith("gan.")}
+    blocks: list[Block] = []
     if gan:
         blocks.append(("h2", "GAN"))
-        blocks.append(("p", f"Frechet distance in {i.get('gan_feature_space')} features; the reference is "
+        blocks.append(("p", f"Frechet distance in {result.info.get('gan_feature_space')} features; the reference is "
                             "real vs real at the same sample size. Consistency: programs predicted from "
                             "generated images by a ridge trained on real images, correlated with the "
                             "conditioning profile (ceiling: the same regressor on real held-out images). "
                             "Diversity: pairwise MS-SSIM among samples of one profile (near 1 = mode collapse)."))
         blocks.append(("table", ["metric", "value"], [[k, float(v)] for k, v in sorted(gan.items())]))
     if result.strips:
-        values = traversal_values or list(range(next(iter(result.strips.values())).shape[0]))
-        from rgops.evaluation.image_metrics import tile
-
         import matplotlib.pyplot as plt
 
+        from rgops.evaluation.image_metrics import tile
+
+        values = traversal_values or list(range(next(iter(result.strips.values())).shape[0]))
         for name, imgs in result.strips.items():
-            p = figs / f"traversal_{name}.png"
-            plt.imsave(p, tile(imgs), cmap="gray", vmin=-1, vmax=1)
-            files[f"fig_traversal_{name}"] = p
-        p = figs / "traversals.png"
-        _strip_figure(result.strips, list(values), p)
-        files["fig_traversals"] = p
+            files[f"fig_traversal_{name}"] = figs / f"traversal_{name}.png"
+            plt.imsave(files[f"fig_traversal_{name}"], tile(imgs), cmap="gray", vmin=-1, vmax=1)
+        files["fig_traversals"] = figs / "traversals.png"
+        _strip_figure(result.strips, list(values), files["fig_traversals"])
         blocks.append(("img", "figures/traversals.png",
                        "Gene traversals: one program from low to high (z units), noise fixed"))
+    return blocks
 
+
+def write_report(result: "EvaluationResult", out_dir: str | Path, fdr_q: float = 0.05,
+                 traversal_values: list[float] | None = None) -> dict[str, Path]:
+    """Write ``report.md``, ``report.html`` and ``figures/*.png`` under ``out_dir``: the primary probe
+    table first, then the secondary numbers, the maps and the GAN.
+
+    Returns:
+        name -> path of each file written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    out = Path(out_dir)
+    figs = out / "figures"
+    figs.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    i = result.info
+    blocks: list[Block] = [
+        ("h1", "rgops radiogenomic evaluation"),
+        ("p", f"{i.get('n_train_patients')} training and {i.get('n_patients')} held-out patients (splits "
+              f"{', '.join(i.get('splits', []))}), {i.get('n_patches')} slices; targets: {i.get('targets')}; "
+              f"radiomics: {i.get('radiomics_features')} pyradiomics features, {i.get('radiomics_skipped')} "
+              f"patches skipped; handcrafted: {i.get('handcrafted_features')} shape + texture features.")]
+    blocks += _probe_blocks(result)
+    blocks += _secondary_blocks(result, figs, files)
+    blocks += _map_blocks(result, figs, files, fdr_q)
+    blocks += _gan_blocks(result, figs, files, traversal_values)
     md, htm = out / "report.md", out / "report.html"
     md.write_text(_render_md(blocks))
     htm.write_text(_render_html(blocks, "rgops evaluation"))
