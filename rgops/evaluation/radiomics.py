@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -106,8 +107,6 @@ def extract_radiomics(
     Raises:
         ShapeError: patches and masks differ in shape or are not ``(N, 1, S, S)``.
     """
-    import SimpleITK as sitk
-
     patches = np.asarray(patches)
     masks = np.asarray(masks)
     if patches.ndim != 4 or patches.shape[1] != 1 or patches.shape != masks.shape:
@@ -121,30 +120,13 @@ def extract_radiomics(
     ext = _extractor(cfg)
     hu = patch_to_hu(patches[:, 0], spec).astype(np.float32)
     rows: list[dict[str, float] | None] = []
-    skipped: list[int] = []
     for i in range(n):
         mask = (masks[i, 0] > 0).astype(np.uint8)
-        row = None
-        if int(mask.sum()) >= cfg.min_mask_pixels:
-            img_itk = sitk.GetImageFromArray(hu[i])
-            mask_itk = sitk.GetImageFromArray(mask)
-            for im in (img_itk, mask_itk):
-                im.SetSpacing((float(spacing[i]), float(spacing[i])))
-            try:
-                result = ext.execute(img_itk, mask_itk)
-                row = {k: float(v) for k, v in result.items() if not k.startswith("diagnostics_")}
-            except (ValueError, RuntimeError) as exc:  # pyradiomics raises these on degenerate masks
-                log.debug("radiomics failed on patch %d: %s", i, exc)
-        if row is None:
-            skipped.append(i)
-        rows.append(row)
+        rows.append(_one(ext, hu[i], mask, float(spacing[i]), i) if int(mask.sum()) >= cfg.min_mask_pixels else None)
         if progress is not None:
             progress(i + 1, n)
-    names: tuple[str, ...] = ()
-    for r in rows:
-        if r is not None:
-            names = tuple(r)
-            break
+    skipped = [i for i, r in enumerate(rows) if r is None]
+    names = next((tuple(r) for r in rows if r is not None), ())
     values = np.full((n, len(names)), np.nan)
     for i, r in enumerate(rows):
         if r is not None:
@@ -153,3 +135,18 @@ def extract_radiomics(
         log.warning("radiomics skipped %d of %d patches (mask under %d pixels or degenerate): rows %s",
                     len(skipped), n, cfg.min_mask_pixels, skipped[:20])
     return RadiomicsFeatures(values, names, tuple(skipped))
+
+
+def _one(ext: Any, hu: np.ndarray, mask: np.ndarray, spacing: float, i: int) -> dict[str, float] | None:
+    """pyradiomics on one ``(S, S)`` HU slice and its mask at ``spacing`` mm/px; None when it fails."""
+    import SimpleITK as sitk
+
+    img_itk, mask_itk = sitk.GetImageFromArray(hu), sitk.GetImageFromArray(mask)
+    for im in (img_itk, mask_itk):
+        im.SetSpacing((spacing, spacing))
+    try:
+        result = ext.execute(img_itk, mask_itk)
+    except (ValueError, RuntimeError) as exc:  # pyradiomics raises these on degenerate masks
+        log.debug("radiomics failed on patch %d: %s", i, exc)
+        return None
+    return {k: float(v) for k, v in result.items() if not k.startswith("diagnostics_")}
