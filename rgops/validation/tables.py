@@ -406,7 +406,11 @@ def datasets_tables(root: str | Path) -> dict[str, pd.DataFrame]:
         "gene_n_nonfinite": (~np.isfinite(ds.genes)).sum(axis=1),
         "n_splits_of_patient": manifest["pseudo_id"].map(n_splits).to_numpy(),
     })
-    train = ds.genes[ds.indices("train")].astype(np.float64)
+    # One row per training *patient*: genes.parquet repeats a patient's profile on each of its slices
+    # (patch contract v2), and the normalisation statistics are per patient.
+    rows = ds.indices("train")
+    first = rows[~manifest["pseudo_id"].iloc[rows].duplicated().to_numpy()]
+    train = ds.genes[first].astype(np.float64)
     train = np.where(np.isfinite(train), train, np.nan)
     with np.errstate(all="ignore"):
         import warnings

@@ -248,6 +248,25 @@ def test_datasets_clean_passes_and_corruptions_are_caught(config, tmp_path):
     assert report.failed("datasets_genes", "train_mean")[0].examples == ({"id": "G1", "value": pytest.approx(2.0)},)
 
 
+def test_gene_statistics_are_per_patient_not_per_slice(config, tmp_path):
+    """Patch contract v2 repeats a patient's profile on each of its slices: a patient with many slices
+    must not pull the training mean away from 0."""
+    root = _datasets(tmp_path / "multi")
+    manifest = pd.read_parquet(root / "manifest.parquet")
+    genes = pd.read_parquet(root / "genes.parquet")
+    extra = manifest.index[manifest["split"] == "train"][:1].repeat(30)  # 30 more slices of one patient
+    manifest = pd.concat([manifest, manifest.loc[extra]], ignore_index=True)
+    genes = pd.concat([genes, genes.iloc[extra]])
+    for name, arr in (("patches", np.load(root / "patches.npy")), ("masks", np.load(root / "masks.npy"))):
+        np.save(root / f"{name}.npy", np.concatenate([arr, arr[extra]]))
+    manifest.to_parquet(root / "manifest.parquet")
+    genes.to_parquet(root / "genes.parquet")
+    per_row = genes.to_numpy()[(manifest["split"] == "train").to_numpy()].mean(axis=0)
+    assert np.abs(per_row).max() > 0.1  # averaged over rows, the repeated patient would fail the suite
+    report = validate_datasets(root, config)
+    assert report.passed, report.summary()
+
+
 def test_datasets_folder_missing_files_is_a_typed_error(config, tmp_path):
     with pytest.raises(DatasetError, match="lacks"):
         validate_datasets(tmp_path, config)
