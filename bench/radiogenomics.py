@@ -70,7 +70,8 @@ def prepare(work: Path, params: dict[str, Any], patients: int, seed: int, split:
     return cohort, datasets, timings
 
 
-def train_models(work: Path, ds: Any, params: dict[str, Any], preset: str, seeds: list[int]) -> tuple[dict, dict]:
+def train_models(work: Path, ds: Any, params: dict[str, Any], preset: str, seeds: list[int],
+                 variants: list[str]) -> tuple[dict, dict]:
     """Train (or load from the cache) the CAE and the AE for every seed: ``(name -> module, name -> seconds)``."""
     import torch
 
@@ -82,7 +83,7 @@ def train_models(work: Path, ds: Any, params: dict[str, Any], preset: str, seeds
     times_file = work / f"train_s-{preset}.json"
     recorded = json.loads(times_file.read_text()) if times_file.is_file() else {}
     for seed in seeds:
-        for kind, overrides in VARIANTS.items():
+        for kind, overrides in ((v, VARIANTS[v]) for v in variants):
             name = f"{kind}_s{seed}"
             p = copy.deepcopy(params)
             p["train"]["cae"]["model"].update(overrides)
@@ -106,7 +107,8 @@ def train_models(work: Path, ds: Any, params: dict[str, Any], preset: str, seeds
     return modules, seconds
 
 
-def summarise(m: dict[str, float], names: list[str], targets: list[str], seeds: list[int], truth: Any) -> dict[str, Any]:
+def summarise(m: dict[str, float], names: list[str], targets: list[str], seeds: list[int], truth: Any,
+              variants: list[str]) -> dict[str, Any]:
     """The per-set table with intervals, the seed aggregates and the issue's targets."""
     import numpy as np
 
@@ -114,11 +116,12 @@ def summarise(m: dict[str, float], names: list[str], targets: list[str], seeds: 
     table = {s: {"linked_mean": iv(f"{s}.probe_r2.primary"), **{t: iv(f"{s}.probe_r2.{t}") for t in targets}}
              for s in names}
     # each CAE against the baselines and against the AE of its own seed
-    wanted = [(f"cae_s{s}", b) for s in seeds for b in ("radiomics", "handcrafted", f"ae_s{s}", f"cae_nocond_s{s}")]
-    wanted += [(f"{v}_s{s}", b) for v in ("cae_nocond", "ae") for s in seeds for b in ("radiomics", "handcrafted")]
+    others = [v for v in variants if v != "cae"]
+    wanted = [(f"cae_s{s}", b) for s in seeds for b in ("radiomics", "handcrafted", *(f"{v}_s{s}" for v in others))]
+    wanted += [(f"{v}_s{s}", b) for v in others for s in seeds for b in ("radiomics", "handcrafted")]
     diffs = {f"{a} - {b}": iv(f"{a}.probe_diff.{b}.primary") for a, b in wanted}
     seeds_doc = {}
-    for kind in VARIANTS:
+    for kind in variants:
         vals = np.array([m[f"{kind}_s{s}.probe_r2.primary"] for s in seeds])
         seeds_doc[kind] = {"linked_mean_per_seed": [round(float(v), 4) for v in vals],
                            "mean": round(float(vals.mean()), 4), "sd": round(float(vals.std(ddof=1)), 4) if len(vals) > 1 else 0.0}
@@ -143,6 +146,7 @@ def main() -> None:
     ap.add_argument("--cohort-seed", type=int, default=7, help="synth seed (the demo cohort uses 42)")
     ap.add_argument("--seeds", default="0,1,2", help="training seeds (comma-separated)")
     ap.add_argument("--preset", default="demo", help="CAE training preset (CPU-sized: demo)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
     ap.add_argument("--split", default="0.6,0.2,0.2", help="train,val,test fractions (val+test are held out)")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--work", type=Path, default=ROOT / ".rgops" / "bench-radiogenomics")
@@ -166,7 +170,8 @@ def main() -> None:
     cohort, datasets, timings = prepare(work, params, args.patients, args.cohort_seed,
                                         [float(x) for x in args.split.split(",")])
     ds = Datasets.load(datasets)
-    modules, train_s = train_models(work, ds, params, args.preset, seeds)
+    variants = [v for v in args.variants.split(",") if v]
+    modules, train_s = train_models(work, ds, params, args.preset, seeds, variants)
     truth = GroundTruth.load(truth_dir_for(cohort), load_key(create=False))
     cfg = EvaluateConfig.from_params({"evaluate": {**params.get("evaluate", {}), "n_boot": args.n_boot}})
     stages: dict[str, float] = {}
@@ -197,7 +202,7 @@ def main() -> None:
                     f"{cfg.level:.0%} percentile bootstrap over held-out patients ({cfg.n_boot} resamples), paired",
         "preset": args.preset, "seeds": seeds,
         "targets": TARGETS,
-        **summarise(m, names, list(result.target_names), seeds, truth),
+        **summarise(m, names, list(result.target_names), seeds, truth, variants),
         "train_s": {k: (round(v, 1) if v is not None else None) for k, v in train_s.items()},
         "setup_s": {k: round(v, 1) for k, v in timings.items()},
         "evaluate_s": round(evaluate_s, 1), "evaluate_stage_s": {k: round(v, 1) for k, v in stages.items()},

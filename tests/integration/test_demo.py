@@ -30,7 +30,10 @@ def test_demo_end_to_end_and_no_identifier_leaves_the_cohort(tmp_path: Path) -> 
     params["synth"].update(image_size=128, field_of_view_mm=250.0, n_genes=300, genes_per_module=12,
                            min_slices=8, max_slices=14)
     params["ingest"].update(split_fractions=[0.5, 0.25, 0.25])
-    params["evaluate"].update(n_splits=3, inner_splits=2)
+    # 24 patients split 12/12 are below the probe protocol's minimum (20 training patients): lowered here
+    # to exercise the whole loop quickly (the refusal itself is tested in test_retrain_flow.py).
+    params["evaluate"].update(n_splits=3, inner_splits=2, min_train_patients=8, min_held_out_patients=8,
+                              probe_inner_splits=3, n_boot=200)
     # The tiny preset trains for seconds: its models cannot clear the product's floors, so this test
     # relaxes them (the gates themselves are tested in test_retrain_flow.py and test_registry.py).
     params["promote"].update(
@@ -46,6 +49,10 @@ def test_demo_end_to_end_and_no_identifier_leaves_the_cohort(tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
     assert "rgops-cae version 1: promoted" in proc.stdout and "rgops-gan version 1: promoted" in proc.stdout
     assert "total wall time:" in proc.stdout and "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
+    # the summary shows the biomarker's held-out validity beside radiomics and the oracle
+    assert "held-out validity (probe protocol" in proc.stdout
+    for name in ("cae", "radiomics", "handcrafted", "oracle"):
+        assert any(line.strip().startswith(f"{name} ") and "probe R2" in line for line in proc.stdout.splitlines()), name
 
     extract = json.loads((out / "responses" / "extract.json").read_text())
     assert len(extract["latent"]) == params["train"]["cae"]["model"]["latent_dim"]

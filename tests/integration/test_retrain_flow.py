@@ -1,7 +1,8 @@
 """flows/retrain.py for real: Prefect's test harness, a real MLflow SQLite store, a tiny synthetic cohort.
 
 Each test owns its tracking store. The cohort has 16 patients and `split_seed: 7`, which gives 8
-training and 8 held-out patients under the test pseudonymisation key (enough for 2-fold CV).
+training and 8 held-out patients under the test pseudonymisation key: below the probe protocol's
+minimum, which the tests lower to exercise the machinery (and one test checks the refusal itself).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def retrain_env(tmp_path_factory):
     cohort = build_cohort(root, n_patients=16)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["ingest"].update(split_fractions=[0.5, 0.25, 0.25], split_seed=7)
-    params["evaluate"] = {"n_splits": 2, "inner_splits": 2}
+    params["evaluate"] = {"n_splits": 2, "inner_splits": 2, "min_train_patients": 6, "min_held_out_patients": 6,
+                          "probe_inner_splits": 3, "n_boot": 200}
     gan = params["train"]["gan"]["presets"]
     cae = params["train"]["cae"]["presets"]
     # "good" trains the GAN for 40 steps; "worse" leaves it at its initialisation (lr ~ 0): its
@@ -83,6 +85,7 @@ def test_retrain_twice_champion_then_refused(prefect_harness, retrain_env, tmp_p
     ingested_at = patches.stat().st_mtime_ns
     _assert_no_identifier_left(retrain_env[0], tmp_path)
     _assert_champion_cae_serves_program_scores(reg, uri)
+    _assert_evaluation_metrics_are_run_metrics(reg, uri, first.result()["metrics"])
 
     second = _run(retrain_env, tmp_path, uri, preset="worse", approval="auto")
     assert second.is_failed()
@@ -94,6 +97,36 @@ def test_retrain_twice_champion_then_refused(prefect_harness, retrain_env, tmp_p
     assert reg.version("rgops-gan", 2).tags["decision"] == "refused"
     assert reg.aliases("rgops-cae")["champion"] == "2"  # the CAE passed its own gates
     assert [e.action for e in reg.history("rgops-gan")] == ["registered", "promoted", "registered", "refused"]
+
+
+def _assert_evaluation_metrics_are_run_metrics(reg, uri: str, metrics: dict) -> None:
+    """Every evaluation metric is a metric of the evaluated models' runs (the MLflow UI compares by them)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    for name in ("rgops-cae", "rgops-gan"):
+        logged = client.get_run(reg.version(name, 1).run_id).data.metrics
+        for key in ("cae.probe_r2.primary", "cae.probe_r2.primary.lo", "radiomics.probe_r2.primary",
+                    "cae.probe_diff.radiomics.primary", "gan.frechet"):
+            assert logged[key] == pytest.approx(metrics[key]), (name, key)
+
+
+def test_too_small_cohort_is_refused_before_any_training(prefect_harness, retrain_env, tmp_path):
+    """With the default minimums, 8 + 8 patients are refused by name before a model is trained."""
+    from mlflow import MlflowClient
+
+    cohort, params_path = retrain_env
+    params = yaml.safe_load(Path(params_path).read_text())
+    params["evaluate"].pop("min_train_patients")
+    params["evaluate"].pop("min_held_out_patients")
+    strict = tmp_path / "params.yaml"
+    strict.write_text(yaml.safe_dump(params))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    state = _run((cohort, strict), tmp_path, uri, preset="tiny", approval="auto")
+    assert state.is_failed()
+    assert "8 training and 8 held-out patients" in state.message and "at least 20 training" in state.message
+    runs = [r for e in MlflowClient(uri).search_experiments() for r in MlflowClient(uri).search_runs([e.experiment_id])]
+    assert runs == []  # nothing trained, nothing registered
 
 
 def _assert_champion_cae_serves_program_scores(reg, uri: str) -> None:
