@@ -428,13 +428,15 @@ def serve_cmd(
     Loads models:/rgops-cae@champion and models:/rgops-gan@champion from the registry
     (MLFLOW_TRACKING_URI) and needs API keys in RGOPS_API_KEYS or RGOPS_API_KEYS_FILE.
     """
+    import importlib
     import subprocess
 
     from rgops.config import load_params
-    from rgops.serving import ServeConfig, load_api_keys
+    from rgops.serving.config import ServeConfig
 
     cfg = ServeConfig.from_params(load_params(params) if params.is_file() else None)
-    load_api_keys()  # fail here, with the reason, rather than inside the server
+    # fail here, with the reason, rather than inside the server (services/ is the app layer, like flows/)
+    importlib.import_module("services.security").load_api_keys()
     host = host or cfg.host
     port = port or cfg.port
     env = {**os.environ, "RGOPS_PARAMS": str(params.resolve())} if params.is_file() else dict(os.environ)

@@ -249,7 +249,7 @@ class LoadedModel:
         weights_sha256: SHA-256 of the pickled module that was loaded.
         run_id: the MLflow run that produced it.
         program_head: the latent -> gene-program map fitted at evaluation time
-            (``rgops.serving.ProgramHead`` JSON: names, coef, intercept), digest-checked; None when
+            (``rgops.models.program_head.ProgramHead`` JSON: names, coef, intercept), digest-checked; None when
             the model (for a registry URI: the version) records none.
     """
 
@@ -391,7 +391,7 @@ def _resolve(model_uri: str) -> tuple[str, dict[str, str] | None]:
 
 
 def log_program_head(run_id: str, head: Mapping[str, Any]) -> str:
-    """Log a program head (``rgops.serving.ProgramHead`` JSON) to an existing run and tag its digest.
+    """Log a program head (``rgops.models.program_head.ProgramHead`` JSON) to an existing run and tag its digest.
 
     The file goes to ``program_head/<sha256>.json`` (content-addressed, so re-evaluating a run
     never overwrites the head an already registered version points at) and the run gains the tag

@@ -29,6 +29,7 @@ from rgops.errors import (
     ShapeError,
     TrackingError,
 )
+from services.context import current_request_id
 
 log = logging.getLogger("rgops.services")
 
@@ -99,8 +100,6 @@ def maps_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except RgopsError as exc:
-            from services.security import current_request_id
-
             return json_error(exc, current_request_id())
 
     return wrapper  # type: ignore[return-value]

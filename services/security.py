@@ -13,22 +13,24 @@
 
 from __future__ import annotations
 
-import contextvars
 import hmac
 import json
 import logging
+import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from rgops.errors import ConfigError
+from services.context import current_request_id, request_id_var
 from services.errors import RequestTooLarge, Unauthorized, error_body, status_of
 
 log = logging.getLogger("rgops.services")
 
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
 
-_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("rgops_request_id", default=None)
+__all__ = ["OPEN_PATHS", "RgopsGate", "current_request_id", "key_matches", "load_api_keys"]
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -60,9 +62,32 @@ def install_log_filters() -> None:
         target.addFilter(NoPayloadInTracebacks())
 
 
-def current_request_id() -> str | None:
-    """The id of the request being served in this context (None outside a request)."""
-    return _request_id.get()
+def load_api_keys(env: Mapping[str, str] | None = None) -> tuple[bytes, ...]:
+    """API keys from ``RGOPS_API_KEYS`` (comma-separated) and/or the file named by ``RGOPS_API_KEYS_FILE``
+    (one key per line, ``#`` comments).
+
+    Raises:
+        ConfigError: no keys configured, the file is unreadable, or a key is shorter than 16 characters.
+    """
+    env = os.environ if env is None else env
+    keys = [k.strip() for k in env.get("RGOPS_API_KEYS", "").split(",") if k.strip()]
+    path = env.get("RGOPS_API_KEYS_FILE")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise ConfigError(f"RGOPS_API_KEYS_FILE={path!r} cannot be read ({exc.strerror}); "
+                              "point it at a file with one key per line") from None
+        keys += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not keys:
+        raise ConfigError("no API keys configured: set RGOPS_API_KEYS (comma-separated) or RGOPS_API_KEYS_FILE; "
+                          "the services refuse to start without authentication")
+    short = sum(len(k) < 16 for k in keys)
+    if short:
+        raise ConfigError(f"{short} API key(s) are shorter than 16 characters; use e.g. "
+                          "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+    return tuple(k.encode() for k in keys)
 
 
 def key_matches(presented: bytes, keys: Iterable[bytes]) -> bool:
@@ -88,13 +113,11 @@ class RgopsGate:
     Args:
         app: the wrapped ASGI app.
         max_body_bytes: the largest request body accepted.
-        keys: accepted API keys; default: :func:`rgops.serving.load_api_keys` (the environment),
+        keys: accepted API keys; default: :func:`load_api_keys` (the environment),
             read when the server builds its app, never at import.
     """
 
     def __init__(self, app: ASGIApp, max_body_bytes: int, keys: tuple[bytes, ...] | None = None) -> None:
-        from rgops.serving import load_api_keys
-
         self.app = app
         self.keys = keys if keys is not None else load_api_keys()
         install_log_filters()
@@ -109,7 +132,7 @@ class RgopsGate:
             await self.app(scope, receive, send)
             return
         rid = uuid.uuid4().hex
-        token = _request_id.set(rid)
+        token = request_id_var.set(rid)
         t0 = time.perf_counter()
         status_box = [0]
 
@@ -123,7 +146,7 @@ class RgopsGate:
         try:
             await self._handle(scope, receive, send_with_id, rid, path)
         finally:
-            _request_id.reset(token)
+            request_id_var.reset(token)
             log.info("%s %s -> %d in %.1f ms [%s]", scope.get("method"), path, status_box[0],
                      (time.perf_counter() - t0) * 1000, rid)
 

@@ -1,6 +1,6 @@
 """The rgops BentoML service: feature extraction and image generation for hospital systems.
 
-A thin typed shell over :mod:`rgops.serving`: each API decodes its inputs, calls one rgops
+A thin typed shell over the :mod:`rgops.serving` package: each API decodes its inputs, calls one rgops
 function and shapes the response; errors are mapped to HTTP status in ``services/errors.py``;
 authentication, body limits and request ids live in ``services/security.py``.
 
@@ -35,8 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rgops import serving
 from rgops.config import load_params
+from services.context import current_request_id
 from services.errors import maps_errors
-from services.security import RgopsGate, current_request_id
+from services.security import RgopsGate, load_api_keys
 
 log = logging.getLogger("rgops.services")
 
@@ -93,7 +94,7 @@ class RgopsService:
 
     def __init__(self) -> None:
         self.config = CONFIG
-        serving.load_api_keys()  # refuse to start without authentication configured
+        load_api_keys()  # refuse to start without authentication configured
         self.device = self.config.torch_device()
         resolve, load = serving.registry_source(device=self.device)
         self.cae = serving.ModelSlot(serving.CAE_MODEL, self.config.alias, resolve, load)

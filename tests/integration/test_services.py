@@ -176,7 +176,7 @@ def test_dicom_series_in_features_out_no_phi(server) -> None:
         body = r.json()
         assert len(body["latent"]) == 4 and body["model"]["version"] == versions["cae"]
         assert body["program_scores"] is None and "program head" in body["program_scores_reason"]
-        assert body["request_id"] and body["patch"]["crop_side_px"] > 0
+        assert body["request_id"] and body["patch"]["slices"][0]["crop_side_px"] > 0
         # the same series as a zip gives the same features
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w") as zf:

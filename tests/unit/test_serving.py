@@ -25,6 +25,7 @@ from rgops.errors import (
 from rgops.export import to_secondary_capture
 from rgops.models.cae import CAEConfig, ConditionalAE
 from rgops.models.gan import GANConfig, Generator
+from rgops.models.program_head import ProgramHead
 
 GENES = ("EGFR", "KRAS", "TP53", "MYC", "VIM", "HIF1A")
 S = 16
@@ -75,7 +76,7 @@ def test_encode_matches_direct_module_call(cae: serving.ServedModel) -> None:
 
 
 def test_program_head_scores_are_the_linear_map(cae: serving.ServedModel) -> None:
-    head = serving.ProgramHead(("hypoxia", "emt"), np.arange(8.0).reshape(2, 4), np.array([0.5, -1.0]))
+    head = ProgramHead(("hypoxia", "emt"), np.arange(8.0).reshape(2, 4), np.array([0.5, -1.0]))
     model = serving.ServedModel(cae.name, cae.version, cae.alias, cae.kind, cae.module, cae.panel, program_head=head)
     x = np.zeros((1, 1, S, S), np.float32)
     feats = serving.encode(model, x)
@@ -279,16 +280,18 @@ def test_model_slot_reads_are_never_blocked_by_a_reload(panel: GenePanel) -> Non
 
 
 def test_api_keys_from_env_and_file(tmp_path) -> None:  # noqa: ANN001
+    from services.security import load_api_keys
+
     f = tmp_path / "keys"
     f.write_text("# ops\nfile-key-0123456789abcdef\n\n")
-    keys = serving.load_api_keys({"RGOPS_API_KEYS": "env-key-0123456789abcdef, ", "RGOPS_API_KEYS_FILE": str(f)})
+    keys = load_api_keys({"RGOPS_API_KEYS": "env-key-0123456789abcdef, ", "RGOPS_API_KEYS_FILE": str(f)})
     assert keys == (b"env-key-0123456789abcdef", b"file-key-0123456789abcdef")
     with pytest.raises(ConfigError, match="no API keys"):
-        serving.load_api_keys({})
+        load_api_keys({})
     with pytest.raises(ConfigError, match="shorter than 16"):
-        serving.load_api_keys({"RGOPS_API_KEYS": "short"})
+        load_api_keys({"RGOPS_API_KEYS": "short"})
     with pytest.raises(ConfigError, match="cannot be read"):
-        serving.load_api_keys({"RGOPS_API_KEYS_FILE": str(tmp_path / "absent")})
+        load_api_keys({"RGOPS_API_KEYS_FILE": str(tmp_path / "absent")})
 
 
 def test_serve_config_from_params() -> None:

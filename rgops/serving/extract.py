@@ -1,0 +1,263 @@
+"""Feature extraction: checked patches (ready, or cut from de-identified DICOM) -> the CAE's latent
+(the imaging biomarker) and, when the model carries a program head, gene-program scores."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rgops.data.patch import PatchSpec, log_scale
+from rgops.errors import DicomError, GeneMismatchError, RgopsError, ShapeError
+from rgops.models.program_head import ProgramHead
+from rgops.serving.generate import normalise_profile
+from rgops.serving.slots import ServedModel
+
+log = logging.getLogger(__name__)
+
+NO_PROGRAM_HEAD = ("this model version carries no program head (a latent -> gene-program map fitted at "
+                   "evaluation time); program scores are not predicted rather than guessed")
+
+
+@dataclass(frozen=True)
+class Features:
+    """The output of feature extraction for a batch of patches.
+
+    ``program_scores`` is None with ``program_reason`` set when the model has no program head.
+    """
+
+    latent: np.ndarray
+    program_names: tuple[str, ...] | None
+    program_scores: np.ndarray | None
+    program_reason: str | None
+
+    def mean(self, head: "ProgramHead | None") -> "Features":
+        """The per-patient biomarker: the mean latent over a patient's slices, and its program scores."""
+        latent = self.latent.mean(axis=0, keepdims=True)
+        scores = None if head is None or self.program_scores is None else head(latent)
+        return Features(latent, self.program_names, scores, self.program_reason)
+
+    def row(self, i: int) -> dict[str, Any]:
+        """One patch's features as JSON-able values."""
+        scores = (None if self.program_scores is None
+                  else dict(zip(self.program_names or (), map(float, self.program_scores[i]))))
+        return {"latent": [float(v) for v in self.latent[i]], "program_scores": scores,
+                "program_scores_reason": self.program_reason}
+
+
+def check_patches(patches: np.ndarray | Sequence[Any], size: int) -> np.ndarray:
+    """Ready patches from a client -> float32 ``(B, 1, S, S)``, checked.
+
+    Accepts ``(B, 1, S, S)``, ``(B, S, S)`` or one ``(S, S)`` patch, values in [-1, 1] (the ingest
+    scaling of HU [-1000, 500]).
+
+    Raises:
+        ShapeError: wrong shape, side other than ``size``, empty, non-finite or out-of-range values.
+    """
+    try:
+        arr = np.asarray(patches, dtype=np.float32)
+    except (ValueError, TypeError) as exc:
+        raise ShapeError(f"patches are not a rectangular array of numbers ({exc}); send (B, 1, {size}, {size}) "
+                         "floats in [-1, 1]") from None
+    if arr.ndim == 2:
+        arr = arr[None, None]
+    elif arr.ndim == 3:
+        arr = arr[:, None]
+    if arr.ndim != 4 or arr.shape[1] != 1 or arr.shape[2:] != (size, size) or arr.shape[0] < 1:
+        raise ShapeError(f"patches have shape {tuple(np.shape(patches))}, expected (B, 1, {size}, {size}) "
+                         f"with B >= 1; this model was trained on {size} x {size} patches")
+    if not np.isfinite(arr).all():
+        raise ShapeError("patches hold NaN or infinite values; send finite values in [-1, 1]")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -1.0 - 1e-4 or hi > 1.0 + 1e-4:
+        raise ShapeError(f"patch values span [{lo:.3g}, {hi:.3g}], expected [-1, 1] (HU [-1000, 500] scaled); "
+                         "send patches preprocessed like ingest, or send the DICOM to /extract")
+    return np.clip(arr, -1.0, 1.0)
+
+
+def check_scale(model: ServedModel, mm_per_px: Sequence[float] | np.ndarray | None, n: int) -> np.ndarray | None:
+    """The scale input ``log2(mm_per_px)`` ``(n,)`` for a model that reads it (None for one that does not).
+
+    Raises:
+        ShapeError: the model reads the scale and none, the wrong number, or non-positive values came.
+    """
+    if not model.reads_scale:
+        return None
+    if mm_per_px is None:
+        raise ShapeError(f"{model.name} version {model.version} reads each patch's physical scale: send "
+                         "'mm_per_px' (crop side in mm / patch side, patch contract v2) with ready patches, "
+                         "or send the DICOM to /extract")
+    try:
+        arr = np.asarray(mm_per_px, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ShapeError(f"mm_per_px must be numbers; got {str(mm_per_px)[:40]!r}") from None
+    if arr.size == 1 and n > 1:
+        arr = np.repeat(arr, n)
+    if arr.size != n or not np.isfinite(arr).all() or (arr <= 0).any() or (arr > 100).any():
+        raise ShapeError(f"mm_per_px must be {n} finite value(s) in (0, 100] mm, one per patch; got {arr.size}")
+    return log_scale(arr)
+
+
+def encode(model: ServedModel, patches: np.ndarray, genes: np.ndarray | None = None,
+           scale: np.ndarray | None = None) -> Features:
+    """Checked patches ``(B, 1, S, S)`` (normalised genes ``(B, G)`` for an encoder-conditioned CAE,
+    and the scale ``log2(mm_per_px)`` ``(B,)`` from :func:`check_scale` for a scale-reading CAE)
+    -> :class:`Features`.
+
+    Raises:
+        GeneMismatchError: the CAE reads genes in its encoder and none were given.
+        ShapeError: the CAE reads the scale and none was given.
+    """
+    import torch
+
+    needs_genes = getattr(model.module.config, "conditioning", "none") == "encoder"
+    if needs_genes and genes is None:
+        raise GeneMismatchError(
+            f"{model.name} version {model.version} reads a gene profile with the image (encoder "
+            "conditioning); send the patient's profile with the images"
+        )
+    with torch.inference_mode():
+        x = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32)).to(model.device)
+        g = torch.from_numpy(np.ascontiguousarray(genes, dtype=np.float32)).to(model.device) if needs_genes else None
+        if model.reads_scale and scale is None:
+            raise ShapeError(f"{model.name} version {model.version} reads each patch's scale; send mm_per_px")
+        sc = torch.from_numpy(np.ascontiguousarray(scale, dtype=np.float32)).to(model.device) if model.reads_scale else None
+        latent = model.module.encode(x, g, sc).cpu().numpy().astype(np.float64)
+    if model.program_head is None:
+        return Features(latent, None, None, NO_PROGRAM_HEAD)
+    return Features(latent, model.program_head.names, model.program_head(latent), None)
+
+
+def encode_items(model: ServedModel, items: Sequence[tuple[Any, Mapping[str, Any] | None, float | None]],
+                 out: Callable[..., Any] = dict) -> list[Any]:
+    """A batch of ready patches from several requests -> one result per item, in order.
+
+    Each item is ``(pixels, raw_profile or None, mm_per_px or None)``. Items are checked one by one, so one client's
+    bad patch gives *that item* an ``error`` (with its reason) instead of failing the others in
+    the batch; the valid ones are encoded in one model call.
+
+    Args:
+        out: constructor of a result (keyword arguments ``latent``, ``program_scores``,
+            ``program_scores_reason``, ``model``, ``error``).
+    """
+    needs_genes = getattr(model.module.config, "conditioning", "none") == "encoder"
+    good: list[int] = []
+    arrays: list[np.ndarray] = []
+    genes: list[np.ndarray] = []
+    scales: list[float] = []
+    errors: dict[int, str] = {}
+    for i, (pixels, profile, mm_per_px) in enumerate(items):
+        try:
+            scale = check_scale(model, None if mm_per_px is None else [mm_per_px], 1)
+            arrays.append(check_patches(pixels, model.image_size)[0])
+            if needs_genes:
+                if profile is None:
+                    raise GeneMismatchError(f"{model.name} version {model.version} reads a gene profile "
+                                            "with the image; send 'profile' with each patch")
+                genes.append(normalise_profile(model.panel, profile, impute=False).genes[0])
+            if scale is not None:
+                scales.append(float(scale[0]))
+            good.append(i)
+        except RgopsError as exc:
+            if len(arrays) > len(good):
+                arrays.pop()
+            errors[i] = f"{type(exc).__name__}: {exc}"
+    results: list[Any] = [None] * len(items)
+    if good:
+        feats = encode(model, np.stack(arrays), np.stack(genes) if needs_genes else None,
+                       np.asarray(scales, dtype=np.float32) if model.reads_scale else None)
+        for j, i in enumerate(good):
+            results[i] = out(**feats.row(j), model=model.describe(), error=None)
+    for i, reason in errors.items():
+        results[i] = out(latent=None, program_scores=None, program_scores_reason=None,
+                         model=model.describe(), error=reason)
+    log.debug("encoded %d patches (%d refused) with %s v%s", len(good), len(errors), model.name, model.version)
+    return results
+
+
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def patch_from_dicom(datasets: Sequence[Any], spec: PatchSpec, box: Sequence[int] | None = None,
+                     mask2d: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Uploaded DICOM -> de-identified tumour patches ``(K, 1, S, S)`` cut exactly as ingest cuts them.
+
+    ``spec`` is the patch contract recorded in the model card (:attr:`ServedModel.spec`), so the
+    served crop, window and slice rule are the ones the model was trained on.
+
+    Three forms: a CT series with one SEG (the tumour mask comes from the SEG); one CT slice with
+    ``box = (r0, c0, r1, c1)`` (the tumour box, end-exclusive, in pixels of that slice); or one CT
+    slice with ``mask2d``, a ``(rows, columns)`` array, non-zero on the tumour.
+
+    The files are de-identified first (PS3.15 basic profile, :func:`rgops.data.deid.deidentify`)
+    under a key that lives only in this process, so nothing identifying is held past this call and
+    no pseudonym is returned.
+
+    Returns:
+        The patches (one per slice of the contract's slice rule) and their provenance: ``slices``
+        (slice index, crop side, ``mm_per_px`` of each), pixel spacing, number of slices; no
+        identifiers.
+
+    Raises:
+        DicomError / SegmentationError: not a CT series with one SEG (or one slice with a box),
+            a SEG that does not fit the series, an empty or out-of-image box.
+        DeidentificationError: de-identification could not be guaranteed.
+    """
+    from rgops.data import deid, dicom
+    from rgops.data.ingest import extract_patches
+
+    key = _process_key()
+    clean = [deid.deidentify(ds, key, source_patient_id=str(ds.get("PatientID", "") or "unknown"))
+             for ds in datasets]
+    segs = [d for d in clean if str(d.get("SOPClassUID", "")) == SEGMENTATION_STORAGE]
+    cts = [d for d in clean if str(d.get("SOPClassUID", "")) != SEGMENTATION_STORAGE]
+    names = [f"CT file {i + 1}" for i in range(len(cts))]
+    if mask2d is not None:
+        if segs or len(cts) != 1 or box is not None:
+            raise DicomError(f"a tumour mask goes with exactly one CT slice (no SEG, no box); got {len(cts)} CT "
+                             f"and {len(segs)} SEG file(s)")
+        series = dicom.ct_series(cts, names)
+        if mask2d.shape != series.hu.shape[1:]:
+            raise ShapeError(f"tumour mask has shape {mask2d.shape}, the CT slice {series.hu.shape[1:]}; "
+                             "send a mask on the slice's pixel grid")
+        mask = (np.asarray(mask2d) != 0).astype(np.uint8)[None]
+    elif box is not None:
+        if segs or len(cts) != 1:
+            raise DicomError(f"a tumour box goes with exactly one CT slice and no SEG; got {len(cts)} CT "
+                             f"and {len(segs)} SEG file(s)")
+        series = dicom.ct_series(cts, names)
+        rows, cols = series.hu.shape[1:]
+        r0, c0, r1, c1 = (int(v) for v in box) if len(box) == 4 else (0, 0, 0, 0)
+        if len(box) != 4 or not (0 <= r0 < r1 <= rows and 0 <= c0 < c1 <= cols):
+            raise DicomError(f"tumour box {list(box)} is not (r0, c0, r1, c1) with 0 <= r0 < r1 <= {rows} and "
+                             f"0 <= c0 < c1 <= {cols} on this {rows}x{cols} slice")
+        mask = np.zeros(series.hu.shape, dtype=np.uint8)
+        mask[0, r0:r1, c0:c1] = 1
+    else:
+        if len(segs) != 1 or not cts:
+            raise DicomError(f"expected the CT series and exactly one SEG; got {len(cts)} CT and {len(segs)} "
+                             "SEG file(s) (or send one CT slice with a tumour 'box')")
+        series = dicom.ct_series(cts, names)
+        mask = dicom.segmentation_mask(segs[0], series, "the uploaded SEG")
+    # the very function ingest cuts with
+    patches, _, infos = extract_patches(series.hu, mask, float(series.pixel_spacing[0]), spec)
+    slices = [{"slice_index": int(i["slice_index"]), "crop_side_px": int(i["crop_side_px"]),
+               "tumour_area_px": int(i["tumour_area_px"]), "mm_per_px": float(i["mm_per_px"])} for i in infos]
+    provenance = {"slices": slices, "slice_index": slices[0]["slice_index"],
+                  "pixel_spacing_mm": [float(v) for v in series.pixel_spacing], "n_slices": series.n_slices,
+                  "patch_spec": spec.to_json()["format"]}
+    return patches, provenance
+
+
+_KEY: list[bytes] = []
+
+
+def _process_key() -> bytes:
+    import secrets
+
+    if not _KEY:
+        _KEY.append(secrets.token_hex(32).encode())
+    return _KEY[0]
