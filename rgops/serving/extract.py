@@ -188,7 +188,9 @@ def patch_from_dicom(datasets: Sequence[Any], spec: PatchSpec, box: Sequence[int
     ``spec`` is the patch contract recorded in the model card (:attr:`ServedModel.spec`), so the
     served crop, window and slice rule are the ones the model was trained on.
 
-    Three forms: a CT series with one SEG (the tumour mask comes from the SEG); one CT slice with
+    Three forms: a study holding a CT series and a SEG that references it (the tumour mask comes from
+    the SEG; localizers, other reconstructions and non-image series are ignored with a logged reason,
+    :func:`rgops.data.study.select_study`, the choice ingest makes); one CT slice with
     ``box = (r0, c0, r1, c1)`` (the tumour box, end-exclusive, in pixels of that slice); or one CT
     slice with ``mask2d``, a ``(rows, columns)`` array, non-zero on the tumour.
 
@@ -198,58 +200,64 @@ def patch_from_dicom(datasets: Sequence[Any], spec: PatchSpec, box: Sequence[int
 
     Returns:
         The patches (one per slice of the contract's slice rule) and their provenance: ``slices``
-        (slice index, crop side, ``mm_per_px`` of each), pixel spacing, number of slices; no
-        identifiers.
+        (slice index, crop side, ``mm_per_px`` of each), pixel spacing, number of slices, ``study``
+        (each series found and whether it was used or why not); no identifiers.
 
     Raises:
-        DicomError / SegmentationError: not a CT series with one SEG (or one slice with a box),
+        StudyError: no SEG (and no box/mask), no CT series, a SEG referencing none of the CT series
+            (the message lists the series found and what to send).
+        DicomError / SegmentationError: a series that cannot be stacked,
             a SEG that does not fit the series, an empty or out-of-image box.
         DeidentificationError: de-identification could not be guaranteed.
     """
     from rgops.data import deid, dicom
     from rgops.data.ingest import extract_patches
+    from rgops.data.study import select_study
 
     key = _process_key()
     clean = [deid.deidentify(ds, key, source_patient_id=str(ds.get("PatientID", "") or "unknown"))
              for ds in datasets]
-    segs = [d for d in clean if str(d.get("SOPClassUID", "")) == SEGMENTATION_STORAGE]
-    cts = [d for d in clean if str(d.get("SOPClassUID", "")) != SEGMENTATION_STORAGE]
-    names = [f"CT file {i + 1}" for i in range(len(cts))]
-    if mask2d is not None:
-        if segs or len(cts) != 1 or box is not None:
-            raise DicomError(f"a tumour mask goes with exactly one CT slice (no SEG, no box); got {len(cts)} CT "
-                             f"and {len(segs)} SEG file(s)")
-        series = dicom.ct_series(cts, names)
-        if mask2d.shape != series.hu.shape[1:]:
-            raise ShapeError(f"tumour mask has shape {mask2d.shape}, the CT slice {series.hu.shape[1:]}; "
-                             "send a mask on the slice's pixel grid")
-        mask = (np.asarray(mask2d) != 0).astype(np.uint8)[None]
-    elif box is not None:
-        if segs or len(cts) != 1:
-            raise DicomError(f"a tumour box goes with exactly one CT slice and no SEG; got {len(cts)} CT "
-                             f"and {len(segs)} SEG file(s)")
-        series = dicom.ct_series(cts, names)
-        rows, cols = series.hu.shape[1:]
-        r0, c0, r1, c1 = (int(v) for v in box) if len(box) == 4 else (0, 0, 0, 0)
-        if len(box) != 4 or not (0 <= r0 < r1 <= rows and 0 <= c0 < c1 <= cols):
-            raise DicomError(f"tumour box {list(box)} is not (r0, c0, r1, c1) with 0 <= r0 < r1 <= {rows} and "
-                             f"0 <= c0 < c1 <= {cols} on this {rows}x{cols} slice")
-        mask = np.zeros(series.hu.shape, dtype=np.uint8)
-        mask[0, r0:r1, c0:c1] = 1
+    n_segs = sum(str(d.get("SOPClassUID", "")) == SEGMENTATION_STORAGE for d in clean)
+    if (box is not None or mask2d is not None) and n_segs:
+        raise DicomError(f"a tumour box or mask replaces the SEG; got {n_segs} SEG file(s) as well: send one or "
+                         "the other")
+    # the same series choice as ingest: the CT series the SEG references; localizers and others ignored
+    selection = select_study(clean, allow_no_seg=box is not None or mask2d is not None)
+    names = [f"CT file {i + 1}" for i in range(len(selection.ct))]
+    series = dicom.ct_series(selection.ct, names)
+    if selection.seg is not None:
+        mask = dicom.segmentation_mask(selection.seg, series, "the uploaded SEG")
     else:
-        if len(segs) != 1 or not cts:
-            raise DicomError(f"expected the CT series and exactly one SEG; got {len(cts)} CT and {len(segs)} "
-                             "SEG file(s) (or send one CT slice with a tumour 'box')")
-        series = dicom.ct_series(cts, names)
-        mask = dicom.segmentation_mask(segs[0], series, "the uploaded SEG")
+        mask = _drawn_mask(series, box, mask2d)
     # the very function ingest cuts with
     patches, _, infos = extract_patches(series.hu, mask, float(series.pixel_spacing[0]), spec)
     slices = [{"slice_index": int(i["slice_index"]), "crop_side_px": int(i["crop_side_px"]),
                "tumour_area_px": int(i["tumour_area_px"]), "mm_per_px": float(i["mm_per_px"])} for i in infos]
     provenance = {"slices": slices, "slice_index": slices[0]["slice_index"],
                   "pixel_spacing_mm": [float(v) for v in series.pixel_spacing], "n_slices": series.n_slices,
-                  "patch_spec": spec.to_json()["format"]}
+                  "patch_spec": spec.to_json()["format"],
+                  "study": [x.describe() for x in selection.series]}
     return patches, provenance
+
+
+def _drawn_mask(series: Any, box: Sequence[int] | None, mask2d: np.ndarray | None) -> np.ndarray:
+    """The tumour mask of one CT slice from a client's box ``(r0, c0, r1, c1)`` or 2-D mask."""
+    if series.n_slices != 1 or (box is not None and mask2d is not None):
+        raise DicomError(f"a tumour box or mask goes with exactly one CT slice (and not both); got a series of "
+                         f"{series.n_slices} slice(s)")
+    rows, cols = series.hu.shape[1:]
+    if mask2d is not None:
+        if mask2d.shape != (rows, cols):
+            raise ShapeError(f"tumour mask has shape {mask2d.shape}, the CT slice {(rows, cols)}; "
+                             "send a mask on the slice's pixel grid")
+        return (np.asarray(mask2d) != 0).astype(np.uint8)[None]
+    r0, c0, r1, c1 = (int(v) for v in box) if box is not None and len(box) == 4 else (0, 0, 0, 0)
+    if box is None or len(box) != 4 or not (0 <= r0 < r1 <= rows and 0 <= c0 < c1 <= cols):
+        raise DicomError(f"tumour box {list(box or [])} is not (r0, c0, r1, c1) with 0 <= r0 < r1 <= {rows} and "
+                         f"0 <= c0 < c1 <= {cols} on this {rows}x{cols} slice")
+    mask = np.zeros(series.hu.shape, dtype=np.uint8)
+    mask[0, r0:r1, c0:c1] = 1
+    return mask
 
 
 _KEY: list[bytes] = []

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import io
+import logging
 import zipfile
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from rgops.data.media import is_dicomdir, media_members
 from rgops.errors import DicomError, ShapeError
 from rgops.serving.extract import check_patches
+
+log = logging.getLogger(__name__)
 
 NPY_MAGIC = b"\x93NUMPY"
 
@@ -74,10 +78,15 @@ def read_dicom_upload(files: Sequence[tuple[str, bytes]], max_files: int) -> lis
             try:
                 with zipfile.ZipFile(io.BytesIO(data)) as zf:
                     members = [m for m in zf.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
+                    # media (a CD export, Orthanc's "media" archive): read the files its DICOMDIR lists
+                    listed = set(media_members([m.filename for m in members], zf.read))
+                    members = [m for m in members if m.filename in listed]
                     if len(blobs) + len(members) > max_files:
                         raise DicomError(f"the zip holds {len(members)} files; at most {max_files} files per "
                                          "request are accepted; split the upload")
                     blobs += [(f"zip member {i + 1}", zf.read(m)) for i, m in enumerate(members)]
+            except DicomError:
+                raise
             except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
                 raise DicomError(f"upload {len(blobs) + 1} is not a readable zip ({exc}); "
                                  "send a complete zip of DICOM files, or the files themselves") from None
@@ -97,6 +106,9 @@ def read_dicom_upload(files: Sequence[tuple[str, bytes]], max_files: int) -> lis
         except Exception as exc:  # noqa: BLE001 - untrusted bytes: any parser failure is the client's
             raise DicomError(f"{where} ({len(data)} bytes) could not be parsed as DICOM "
                              f"({type(exc).__name__}); the upload may be truncated, send it again") from None
+        if is_dicomdir(ds):  # the index of a media folder, not an image
+            log.info("%s is a DICOMDIR (media index); not an instance, skipped", where)
+            continue
         if "PixelData" not in ds:
             raise DicomError(f"{where} ({len(data)} bytes) has no pixel data: the upload was truncated or it "
                              "is not an image; send the complete CT and SEG files")
