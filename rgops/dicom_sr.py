@@ -32,7 +32,7 @@ SCHEME = "99RGOPS"
 #: Patient and Study module attributes copied for ``patient="source"`` (and blanked otherwise).
 PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                  "StudyID", "AccessionNumber", "ReferringPhysicianName")
-RESEARCH_USE = "Research use only: not for diagnosis"
+RESEARCH_USE = "Research use only, not for diagnosis"  # a CodeMeaning: 64 characters at most
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def measurement_report(ct: Sequence[Dataset], seg: Dataset, latent: Sequence[flo
         raise DicomError("an SR needs the CT series it describes; got no CT headers")
     evidence = [_evidence(ds, ct[0], patient) for ds in (*ct, seg)]
     algo = hd.sr.AlgorithmIdentification(name=model.name[:64], version=f"{model.version}@{model.alias}"[:64])
-    use = RESEARCH_USE + ("; program map fitted on a synthetic cohort" if model.trained_on == "synthetic" else "")
+    use = RESEARCH_USE + ("; map fit on synthetic data" if model.trained_on == "synthetic" else "")
     group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="tumour"),
         referenced_segment=hd.sr.ReferencedSegment(

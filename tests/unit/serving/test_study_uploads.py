@@ -1,0 +1,50 @@
+"""Whole studies and DICOM media through the extraction path of rgops.serving (no server)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rgops import serving
+from rgops.data.patch import PatchSpec
+from rgops.errors import StudyError
+from tests.study_factory import media_folder, multi_series_study, to_bytes, zip_folder
+
+
+def _patches(datasets):
+    return serving.patch_from_dicom(datasets, PatchSpec())
+
+
+def test_a_multi_series_study_cuts_the_same_patches_as_its_ct_and_seg(tiny_cohort) -> None:
+    study = multi_series_study(tiny_cohort)
+    plain = [d for d in study if "LOCALIZER" not in d.get("ImageType", [])]
+    expected, _ = _patches(plain)
+    got, provenance = _patches(multi_series_study(tiny_cohort))
+    np.testing.assert_array_equal(got, expected)
+    assert any("localizer" in s and "ignored" in s for s in provenance["study"])
+    assert sum(s.endswith("-> ct") for s in provenance["study"]) == 1
+
+
+def test_a_media_zip_with_a_dicomdir_is_read_as_its_study(tiny_cohort, tmp_path) -> None:
+    study = multi_series_study(tiny_cohort)
+    data = zip_folder(media_folder(study, tmp_path / "cd"))
+    datasets = serving.read_dicom_upload([("media.zip", data)], max_files=1000)
+    assert len(datasets) == len(study)  # neither the DICOMDIR nor README.TXT
+    got, _ = _patches(datasets)
+    expected, _ = _patches(multi_series_study(tiny_cohort))
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_a_dicomdir_uploaded_as_a_file_is_skipped_not_called_truncated(tiny_cohort, tmp_path) -> None:
+    study = multi_series_study(tiny_cohort)
+    folder = media_folder(study, tmp_path / "cd")
+    files = [("DICOMDIR", (folder / "DICOMDIR").read_bytes())] + [(f"{i}.dcm", to_bytes(d)) for i, d in enumerate(study)]
+    assert len(serving.read_dicom_upload(files, max_files=1000)) == len(study)
+
+
+def test_a_study_without_a_seg_is_refused_with_the_series_found(tiny_cohort) -> None:
+    study = [d for d in multi_series_study(tiny_cohort) if d.Modality != "SEG"]
+    with pytest.raises(StudyError) as err:
+        _patches(study)
+    assert "no DICOM SEG" in str(err.value) and "LOCALIZER" in str(err.value)
+    assert "R01-" not in str(err.value)  # series are named by position, never by patient
