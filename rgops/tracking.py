@@ -281,6 +281,8 @@ def _card_spec(datasets: Datasets | None, size: int) -> dict[str, Any]:
 def model_card(kind: str, config: CAEConfig | GANConfig, panel: GenePanel, datasets: Datasets | None,
                metrics: Mapping[str, float], dataset_digest: str, dvc: str, commit: str) -> dict[str, Any]:
     """The model card written as ``metadata.json``."""
+    from rgops.data.provenance import trained_on
+
     s, g = config.image_size, config.n_genes
     if kind == "cae":
         inputs = {"image": [-1, 1, s, s], "genes": [-1, g], "scale_log2_mm_per_px": [-1]}
@@ -296,6 +298,7 @@ def model_card(kind: str, config: CAEConfig | GANConfig, panel: GenePanel, datas
         "format": "rgops-model-card/1", "kind": kind, "intended_use": use,
         "inputs": inputs, "outputs": outputs,
         "patch": _card_spec(datasets, s),
+        "trained_on": trained_on(datasets, dataset_digest, _card_spec(datasets, s)),
         "genes": {"order": list(panel.genes), "transform": panel.transform, "n_train": panel.n_train},
         "training_data": {"digest": dataset_digest, "dvc_hash": dvc,
                           "n_patches": len(datasets) if datasets is not None else None},

@@ -78,6 +78,7 @@ class PatchOut(BaseModel):
     latent: list[float] | None
     program_scores: dict[str, float] | None
     program_scores_reason: str | None
+    program_scores_warning: str | None = None
     model: dict[str, Any]
     error: str | None = None
 

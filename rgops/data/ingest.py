@@ -48,6 +48,7 @@ from rgops.data.dicom import (
 )
 from rgops.data.patch import PatchSpec
 from rgops.data.genomics import GeneTable, read_clinical, read_gene_table
+from rgops.data.provenance import ORIGIN_FILE, cohort_origin
 from rgops.data.study import pick_referenced
 from rgops.data.pseudonym import load_key, pseudonymize
 from rgops.errors import (
@@ -613,6 +614,7 @@ def assemble_cohort(plan: CohortPlan, results: Iterable[PatientResult], out: str
         Datasets.load(tmp)  # the contract check, before anything replaces ``out``
         report.seconds = time.perf_counter() - t0
         (tmp / "ingest_report.json").write_text(json.dumps(report.to_json(), indent=2))
+        (tmp / ORIGIN_FILE).write_text(json.dumps(cohort_origin(plan.cohort, len(plan.seen)), indent=2))
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from rgops.data.patch import PatchSpec, log_scale
+from rgops.data.provenance import program_score_warning
 from rgops.errors import DicomError, GeneMismatchError, RgopsError, ShapeError
 from rgops.models.program_head import ProgramHead
 from rgops.serving.generate import normalise_profile
@@ -26,26 +27,29 @@ NO_PROGRAM_HEAD = ("this model version carries no program head (a latent -> gene
 class Features:
     """The output of feature extraction for a batch of patches.
 
-    ``program_scores`` is None with ``program_reason`` set when the model has no program head.
+    ``program_scores`` is None with ``program_reason`` set when the model has no program head;
+    ``program_warning`` says so when the head was fitted on a synthetic cohort.
     """
 
     latent: np.ndarray
     program_names: tuple[str, ...] | None
     program_scores: np.ndarray | None
     program_reason: str | None
+    program_warning: str | None = None
 
     def mean(self, head: "ProgramHead | None") -> "Features":
         """The per-patient biomarker: the mean latent over a patient's slices, and its program scores."""
         latent = self.latent.mean(axis=0, keepdims=True)
         scores = None if head is None or self.program_scores is None else head(latent)
-        return Features(latent, self.program_names, scores, self.program_reason)
+        return Features(latent, self.program_names, scores, self.program_reason, self.program_warning)
 
     def row(self, i: int) -> dict[str, Any]:
         """One patch's features as JSON-able values."""
         scores = (None if self.program_scores is None
                   else dict(zip(self.program_names or (), map(float, self.program_scores[i]))))
         return {"latent": [float(v) for v in self.latent[i]], "program_scores": scores,
-                "program_scores_reason": self.program_reason}
+                "program_scores_reason": self.program_reason,
+                "program_scores_warning": self.program_warning if scores is not None else None}
 
 
 def check_patches(patches: np.ndarray | Sequence[Any], size: int) -> np.ndarray:
@@ -128,7 +132,8 @@ def encode(model: ServedModel, patches: np.ndarray, genes: np.ndarray | None = N
         latent = model.module.encode(x, g, sc).cpu().numpy().astype(np.float64)
     if model.program_head is None:
         return Features(latent, None, None, NO_PROGRAM_HEAD)
-    return Features(latent, model.program_head.names, model.program_head(latent), None)
+    return Features(latent, model.program_head.names, model.program_head(latent), None,
+                    program_score_warning(dict(model.card or {})))
 
 
 def encode_items(model: ServedModel, items: Sequence[tuple[Any, Mapping[str, Any] | None, float | None]],

@@ -78,7 +78,8 @@ class ServedModel:
     def describe(self) -> dict[str, Any]:
         """What every response carries about the model that produced it."""
         return {"name": self.name, "version": self.version, "alias": self.alias,
-                "uri": self.uri, "weights_sha256": self.weights_sha256}
+                "uri": self.uri, "weights_sha256": self.weights_sha256,
+                "trained_on": (self.card or {}).get("trained_on") or {"origin": "unknown"}}
 
     def metadata(self) -> dict[str, Any]:
         """The model card and contract for ``/metadata``."""
