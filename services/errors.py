@@ -3,7 +3,8 @@
 Every :class:`~rgops.errors.RgopsError` a request can raise maps to a status code and a JSON body
 ``{"error": <type>, "message": <what to do>, "request_id": <id>}``; the message is the error's own,
 which already says what was received, what was expected and what to do. Client input never yields
-a 5xx: the only 5xx is 503 when the registry itself is unreachable (retry later).
+a 5xx: the only 5xx are 503 when the registry itself is unreachable (retry later) and 502 when the
+hospital PACS behind `/extract_study` fails or is not configured.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from rgops.errors import (
     GeneMismatchError,
     GeneTableError,
     IntegrityError,
+    PacsError,
     PromotionRefused,
     RegistryError,
     RgopsError,
     ShapeError,
+    StudyNotFound,
     TrackingError,
 )
 from services.context import current_request_id
@@ -37,6 +40,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: First match wins, so subclasses come before their parents.
 STATUS: tuple[tuple[type[RgopsError], int], ...] = (
+    (StudyNotFound, 404),          # no such study/series on the PACS
+    (PacsError, 502),              # the PACS is unreachable, refused us, or no PACS is configured
     (DicomDecodeError, 415),       # a transfer syntax no installed decoder reads
     (DicomError, 422),             # not DICOM, truncated, not a CT series, SEG that does not fit
     (DeidentificationError, 422),

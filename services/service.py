@@ -8,6 +8,8 @@ Routes (all POST unless noted; all but the probes need ``Authorization: Bearer K
 
 * ``/extract``: multipart upload of a CT series and its SEG (files or a zip), or one CT slice
   and a tumour ``box``; returns the imaging biomarker (latent), program scores and the model.
+* ``/extract_study``: a study on the hospital PACS (DICOMweb) by StudyInstanceUID -> as ``/extract``;
+  ``store: true`` writes the result back to the study as a DICOM SR (TID 1500).
 * ``/extract_patches``: ready patches as JSON, adaptively batched across concurrent requests.
 * ``/generate``: a gene profile (JSON map or genes.tsv text) -> PNG images (base64), DICOM
   Secondary Capture objects on request, and a gene-traversal strip on request.
@@ -17,7 +19,8 @@ Routes (all POST unless noted; all but the probes need ``Authorization: Bearer K
 
 Serve with ``bentoml serve services.service:RgopsService`` (or ``rgops serve``). Configuration:
 ``MLFLOW_TRACKING_URI`` (the registry), ``RGOPS_API_KEYS`` or ``RGOPS_API_KEYS_FILE``,
-``RGOPS_PARAMS`` (default ``params.yaml`` when present; its ``serve:`` section).
+``RGOPS_PARAMS`` (default ``params.yaml`` when present; its ``serve:`` section); for ``/extract_study``
+``RGOPS_PACS_URL``, ``RGOPS_PACS_USER``, ``RGOPS_PACS_PASSWORD`` or ``RGOPS_PACS_PASSWORD_FILE`` (rgops.pacs).
 """
 
 from __future__ import annotations
@@ -162,15 +165,26 @@ class RgopsService:
                     "patches": [feats.row(i) for i in range(len(patches))]}
         mask = serving.read_npy_mask(arrays) if arrays else None
         datasets = serving.read_dicom_upload([x for x in blobs if not serving.is_npy(x[1])], self.config.max_files)
-        patches, provenance = serving.patch_from_dicom(datasets, model.spec, box=box, mask2d=mask)
-        g = None if genes is None else genes.repeat(len(patches), axis=0)
-        scale = serving.check_scale(model, [s["mm_per_px"] for s in provenance["slices"]], len(patches))
-        feats = serving.encode(model, patches, g, scale)
-        out = {"request_id": current_request_id(), "model": model.describe(),
-               **feats.mean(model.program_head).row(0), "patch": provenance}
-        if per_slice:
-            out["slices"] = [feats.row(i) for i in range(len(patches))]
-        return out
+        return {"request_id": current_request_id(),
+                **serving.extract_dicom(model, datasets, genes, box=box, mask2d=mask, per_slice=per_slice)}
+
+    @bentoml.api(route="/extract_study")
+    @maps_errors
+    def extract_study(
+        self,
+        study_uid: str = Field(description="StudyInstanceUID of a study on the configured PACS (RGOPS_PACS_URL)"),
+        series_uid: str | None = Field(default=None, description="the CT series to use (default: the one its "
+                                       "SEG references)"),
+        store: bool = Field(default=False, description="store the result in the study as a DICOM SR (STOW-RS)"),
+    ) -> dict[str, Any]:
+        """A study on the PACS (DICOMweb: QIDO-RS, WADO-RS) -> the ``/extract`` answer; with ``store``,
+        the biomarker goes back to the study as a TID 1500 SR (STOW-RS)."""
+        from rgops import pacs
+
+        model = self.cae.current
+        out = pacs.extract_study(pacs.connect(), study_uid, lambda ds: serving.extract_dicom(model, ds),
+                                 series_uid=series_uid, store=store)
+        return {"request_id": current_request_id(), **out}
 
     @bentoml.api(route="/extract_patches", batchable=True, max_batch_size=CONFIG.max_batch_size,
                  max_latency_ms=CONFIG.max_latency_ms)

@@ -27,6 +27,7 @@ from rgops.serving.extract import (
     check_scale,
     encode,
     encode_items,
+    extract_dicom,
     patch_from_dicom,
 )
 from rgops.serving.generate import (
@@ -45,7 +46,7 @@ from rgops.serving.uploads import is_npy, read_dicom_upload, read_npy_mask, read
 __all__ = [
     "CAE_MODEL", "GAN_MODEL", "NO_PROGRAM_HEAD", "SEGMENTATION_STORAGE", "Features", "ModelSlot",
     "NormalisedProfile", "RgopsError", "ServeConfig", "ServedModel", "check_patches", "check_scale", "encode",
-    "encode_items", "generate", "is_npy", "normalise_profile", "patch_from_dicom", "png", "profile_from_tsv",
+    "encode_items", "extract_dicom", "generate", "is_npy", "normalise_profile", "patch_from_dicom", "png", "profile_from_tsv",
     "read_dicom_upload", "read_npy_mask", "read_npy_patches", "registry_source", "secondary_captures",
     "strip", "traversal",
 ]

@@ -274,3 +274,23 @@ def _process_key() -> bytes:
     if not _KEY:
         _KEY.append(secrets.token_hex(32).encode())
     return _KEY[0]
+
+
+def extract_dicom(model: ServedModel, datasets: Sequence[Any], genes: np.ndarray | None = None,
+                  box: Sequence[int] | None = None, mask2d: np.ndarray | None = None,
+                  per_slice: bool = False) -> dict[str, Any]:
+    """DICOM (a study with its SEG, or one CT slice and a box/mask) -> the ``/extract`` answer.
+
+    The answer: ``model`` (name, version, alias, trained_on), the per-patient biomarker ``latent``
+    (mean over the tumour's slices), ``program_scores`` (+ reason or warning), ``patch`` (the
+    provenance of :func:`patch_from_dicom`) and, with ``per_slice``, ``slices``. Used by
+    ``/extract``, ``/extract_study`` and the PACS watcher, so all three answer alike.
+    """
+    patches, provenance = patch_from_dicom(datasets, model.spec, box=box, mask2d=mask2d)
+    g = None if genes is None else genes.repeat(len(patches), axis=0)
+    scale = check_scale(model, [s["mm_per_px"] for s in provenance["slices"]], len(patches))
+    feats = encode(model, patches, g, scale)
+    out = {"model": model.describe(), **feats.mean(model.program_head).row(0), "patch": provenance}
+    if per_slice:
+        out["slices"] = [feats.row(i) for i in range(len(patches))]
+    return out
