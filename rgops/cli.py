@@ -452,6 +452,42 @@ def serve_cmd(
     raise typer.Exit(code)
 
 
+# --- PACS ----------------------------------------------------------------------------------------
+
+pacs_app = typer.Typer(help="The hospital PACS (DICOMweb): watch for new CT + SEG studies, answer each with an SR.",
+                       no_args_is_help=True)
+app.add_typer(pacs_app, name="pacs")
+
+
+@pacs_app.command("watch")
+@handles_errors
+def pacs_watch_cmd(
+    state: Path = typer.Option(Path(".rgops/pacs-watch.json"), "--state", help="State file (which studies are done)."),
+    interval: float = typer.Option(30.0, "--interval", help="Seconds between polls."),
+    polls: Optional[int] = typer.Option(None, "--polls", help="Stop after this many polls (default: run until ^C)."),
+    alias: str = typer.Option("champion", "--alias", help="CAE registry alias to extract with."),
+    store: bool = typer.Option(True, "--store/--no-store", help="Store each result in its study as a DICOM SR."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow registry (default MLFLOW_TRACKING_URI)."),
+) -> None:
+    """Poll the PACS (QIDO-RS) and extract each new CT + SEG study once; restart-safe.
+
+    The PACS comes from the environment: RGOPS_PACS_URL (DICOMweb root), RGOPS_PACS_USER,
+    RGOPS_PACS_PASSWORD or RGOPS_PACS_PASSWORD_FILE; never from params.yaml.
+    """
+    from rgops.pacs import Pacs, PacsConfig
+    from rgops.pacs_watch import Watcher, registry_extractor
+
+    watcher = Watcher(Pacs(PacsConfig.from_env()), registry_extractor(alias, tracking_uri), state, store=store)
+    typer.echo(f"watching {watcher.pacs.config.url} every {interval:g} s (state {state})")
+    try:
+        watcher.run(interval, max_polls=polls)
+    except KeyboardInterrupt:
+        pass
+    done = sum(e.get("status") == "done" for e in watcher.state.studies.values())
+    failed = sum(e.get("status") == "failed" for e in watcher.state.studies.values())
+    typer.echo(f"studies done: {done}, failed: {failed}")
+
+
 # --- demo: the main job ----------------------------------------------------------------------------
 
 

@@ -102,6 +102,8 @@ def measurement_report(ct: Sequence[Dataset], seg: Dataset, latent: Sequence[flo
 
     if not ct:
         raise DicomError("an SR needs the CT series it describes; got no CT headers")
+    # highdicom logs the SOPInstanceUID it copies the patient module from at INFO: an identifier
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
     evidence = [_evidence(ds, ct[0], patient) for ds in (*ct, seg)]
     algo = hd.sr.AlgorithmIdentification(name=model.name[:64], version=f"{model.version}@{model.alias}"[:64])
     use = RESEARCH_USE + ("; map fit on synthetic data" if model.trained_on == "synthetic" else "")

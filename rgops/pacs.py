@@ -120,6 +120,9 @@ class Pacs:
         from dicomweb_client.api import DICOMwebClient
 
         self.config = config
+        # dicomweb-client logs each request with its study and series UIDs at INFO: identifiers
+        # before de-identification, which must not reach a log (its warnings still do)
+        logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
         session = requests.Session()
         if config.username:
             session.auth = (config.username, config.password or "")
