@@ -109,6 +109,9 @@ def read_dicom_upload(files: Sequence[tuple[str, bytes]], max_files: int) -> lis
         if is_dicomdir(ds):  # the index of a media folder, not an image
             log.info("%s is a DICOMDIR (media index); not an instance, skipped", where)
             continue
+        if "PixelData" not in ds and "Rows" not in ds:  # an SR, a presentation state...: part of a study
+            log.info("%s is a non-image object (Modality %s); skipped", where, str(ds.get("Modality", "?"))[:16])
+            continue
         if "PixelData" not in ds:
             raise DicomError(f"{where} ({len(data)} bytes) has no pixel data: the upload was truncated or it "
                              "is not an image; send the complete CT and SEG files")
