@@ -109,7 +109,7 @@ def read_dicom_upload(files: Sequence[tuple[str, bytes]], max_files: int) -> lis
         if is_dicomdir(ds):  # the index of a media folder, not an image
             log.info("%s is a DICOMDIR (media index); not an instance, skipped", where)
             continue
-        if "PixelData" not in ds and "Rows" not in ds:  # an SR, a presentation state...: part of a study
+        if "PixelData" not in ds and _is_non_image(ds):  # an SR, a presentation state...: part of a study
             log.info("%s is a non-image object (Modality %s); skipped", where, str(ds.get("Modality", "?"))[:16])
             continue
         if "PixelData" not in ds:
@@ -118,6 +118,18 @@ def read_dicom_upload(files: Sequence[tuple[str, bytes]], max_files: int) -> lis
         _check_pixel_length(ds, where)
         datasets.append(ds)
     return datasets
+
+
+#: SOP classes without pixel data that a study may hold: SR (and KO), presentation states, RT
+#: structure sets and plans, encapsulated documents. Anything else without pixels was truncated.
+NON_IMAGE_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.11.",
+                      "1.2.840.10008.5.1.4.1.1.481.", "1.2.840.10008.5.1.4.1.1.104.")
+RT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.1"
+
+
+def _is_non_image(ds: Any) -> bool:
+    sop = str(ds.get("SOPClassUID", ""))
+    return sop.startswith(NON_IMAGE_PREFIXES) and sop != RT_IMAGE_STORAGE
 
 
 def _check_pixel_length(ds: Any, where: str) -> None:
