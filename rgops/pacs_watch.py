@@ -1,7 +1,8 @@
 """Watching a PACS for new CT + SEG studies and extracting each exactly once.
 
 Each poll lists the PACS's studies (QIDO-RS, paged). A study that holds CT and SEG and whose
-instance count did not change since the previous poll (it has finished arriving) is retrieved,
+instance count did not change since the previous poll (it has finished arriving; the count is kept
+in the state file, so one poll per scheduled run works too) is retrieved,
 extracted and, by default, answered with an SR stored back into it (:func:`rgops.pacs.extract_study`).
 
 Exactly once across restarts: the state file records every study handled (by a keyed digest of its
@@ -36,7 +37,8 @@ STATE_FORMAT = "rgops-pacs-watch/1"
 
 @dataclass
 class WatchState:
-    """What the watcher has handled: study digest -> ``{"status", "attempts", "at", "error"?, "sr"?}``."""
+    """What the watcher has seen: study digest -> ``{"status", "attempts", "at", "error"?, "sr"?, "n_instances"?}``;
+    status ``arriving`` (waiting for the count to settle), ``done`` or ``failed``."""
 
     path: Path
     studies: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -73,6 +75,14 @@ class WatchState:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def arriving(self, label: str, n_instances: int) -> None:
+        """Note a study's instance count; it is extracted once a later poll sees the same count."""
+        entry = self.studies.get(label, {"attempts": 0})
+        entry.update(status="arriving", n_instances=int(n_instances),
+                     at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        self.studies[label] = entry
+        self.save()
 
     def record(self, label: str, status: str, **extra: Any) -> None:
         entry = self.studies.get(label, {"attempts": 0})
@@ -117,7 +127,6 @@ class Watcher:
         self.pacs, self.extract, self.store = pacs, extract, store
         self.state = WatchState.load(state_path)
         self.max_attempts, self.settle, self.page_size = max_attempts, settle, page_size
-        self._counts: dict[str, int] = {}
 
     def studies(self) -> Iterator[dict[str, Any]]:
         """Every study on the PACS, page by page."""
@@ -133,14 +142,15 @@ class Watcher:
         """Why ``study`` is not extracted in this poll (None: extract it now)."""
         label = study_label(study["uid"])
         entry = self.state.studies.get(label) or {}
-        if entry.get("status") == "done":
+        status, n = entry.get("status"), int(study["n_instances"])
+        if status == "done":
             return "done"
-        if entry.get("status") == "failed" and int(entry.get("attempts", 0)) >= self.max_attempts:
-            return "failed"
+        if status == "failed":
+            return "failed" if int(entry.get("attempts", 0)) >= self.max_attempts else None
         if not {"CT", "SEG"} <= set(study["modalities"]):
             return "skipped"  # not recorded: its SEG may still come
-        previous, self._counts[label] = self._counts.get(label), int(study["n_instances"])
-        if self.settle and previous != int(study["n_instances"]):
+        if self.settle and (status != "arriving" or entry.get("n_instances") != n):
+            self.state.arriving(label, n)  # persisted, so one poll per scheduled run still settles
             return "waiting"
         return None
 

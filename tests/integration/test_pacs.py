@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -230,3 +231,36 @@ def test_the_watcher_extracts_a_new_study_once_across_restarts(pacs, stack, tiny
     assert len(_rgops_srs(pacs, study_uid)) == 1
     # no study UID in the state file or the watcher's output
     assert study_uid not in state.read_text() and study_uid not in first + again + third
+
+
+def _task_runs(flow_run_id) -> dict[str, Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name: r.state for r in runs}
+
+
+def test_the_prefect_flow_shows_each_study_as_a_task_run(pacs, stack, tiny_cohort, tmp_path, monkeypatch) -> None:
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pacs import pacs_watch_flow
+
+    good = multi_series_study(tiny_cohort, 4)
+    bad = multi_series_study(tiny_cohort, 5)
+    bad[0].ReferencedSeriesSequence[0].SeriesInstanceUID = "1.2.3.999"  # a SEG drawn on another series
+    good_label, bad_label = study_label(_store(pacs, good)), study_label(_store(pacs, bad))
+    for key, value in {**pacs.env(), "MLFLOW_TRACKING_URI": stack[1]}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(stack[2])
+    with prefect_test_harness(server_startup_timeout=180):
+        state = pacs_watch_flow(state=str(tmp_path / "watch.json"), polls=2, interval_s=0.2, return_state=True)
+        assert state.is_completed(), state.message
+        runs = _task_runs(state.state_details.flow_run_id)
+    assert runs[f"extract {good_label}"].is_completed()
+    failed = runs[f"extract {bad_label}"]
+    assert failed.is_failed() and "not the CT series" in failed.message
+    studies = json.loads((tmp_path / "watch.json").read_text())["studies"]
+    assert studies[good_label]["status"] == "done" and studies[bad_label]["status"] == "failed"
+    assert state.result()["done"] >= 1 and state.result()["failed"] >= 1
