@@ -264,3 +264,21 @@ def test_the_prefect_flow_shows_each_study_as_a_task_run(pacs, stack, tiny_cohor
     studies = json.loads((tmp_path / "watch.json").read_text())["studies"]
     assert studies[good_label]["status"] == "done" and studies[bad_label]["status"] == "failed"
     assert state.result()["done"] >= 1 and state.result()["failed"] >= 1
+
+
+def test_the_readme_standard_library_client_works(stack, tiny_cohort, tmp_path) -> None:
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "urllib.request" in b)
+    definition = code.split("\nanswer = ")[0]
+    namespace: dict[str, Any] = {}
+    exec(definition, namespace)  # noqa: S102 - the README's own example, run as a user would
+    folder = tmp_path / "study"
+    folder.mkdir()
+    study = multi_series_study(tiny_cohort, 6)
+    for i, ds in enumerate(study):
+        ds.save_as(folder / f"{i:03d}.dcm", enforce_file_format=True)
+    answer = namespace["extract"](stack[0], KEY, sorted(folder.rglob("*.dcm")))
+    np.testing.assert_allclose(answer["latent"], _extract_upload(stack[0], study)["latent"], rtol=0, atol=1e-9)
+    assert "trained_on" in answer["model"]
