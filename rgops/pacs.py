@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +81,7 @@ class PacsConfig:
         return cls(url, user, password, timeout)
 
 
-_UID = __import__("re").compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 def check_uid(value: str | None, name: str) -> str:

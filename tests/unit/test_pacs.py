@@ -61,3 +61,11 @@ def test_a_foreign_state_file_is_refused(tmp_path) -> None:
     path.write_text('{"something": "else"}')
     with pytest.raises(ConfigError, match="is not a rgops-pacs-watch/1 file.*move it away"):
         WatchState.load(path)
+
+
+def test_pacs_errors_map_to_http_status() -> None:
+    from rgops.errors import PacsError, StudyError, StudyNotFound
+    from services.errors import status_of
+
+    assert status_of(StudyNotFound("x")) == 404 and status_of(PacsError("x")) == 502
+    assert status_of(StudyError("x")) == 422

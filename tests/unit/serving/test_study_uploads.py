@@ -48,3 +48,13 @@ def test_a_study_without_a_seg_is_refused_with_the_series_found(tiny_cohort) -> 
         _patches(study)
     assert "no DICOM SEG" in str(err.value) and "LOCALIZER" in str(err.value)
     assert "R01-" not in str(err.value)  # series are named by position, never by patient
+
+
+def test_an_sr_in_the_study_is_skipped_not_called_truncated(tiny_cohort) -> None:
+    from rgops.dicom_sr import ModelRef, measurement_report
+
+    study = multi_series_study(tiny_cohort)
+    seg = next(d for d in study if d.Modality == "SEG")
+    sr = measurement_report([study[2]], seg, [1.0], None, ModelRef("rgops-cae", "1", "champion"))
+    files = [(f"{i}.dcm", to_bytes(d)) for i, d in enumerate([*study, sr])]
+    assert len(serving.read_dicom_upload(files, max_files=1000)) == len(study)
