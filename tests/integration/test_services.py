@@ -288,7 +288,7 @@ def test_bad_uploads_are_4xx_and_the_server_lives_on(server) -> None:
         r = c.post("/extract", files=[("files", ("cut.dcm", cut, "application/dicom"))])
         assert r.status_code == 422 and "truncated" in r.json()["message"]
         r = c.post("/extract", files=[("files", (n, b, "application/dicom")) for n, b in files[:-1]])
-        assert r.status_code == 422 and "exactly one SEG" in r.json()["message"]
+        assert r.status_code == 422 and "no DICOM SEG" in r.json()["message"] and "series 1: CT" in r.json()["message"]
         # a multipart body cut short (no closing boundary)
         raw = (b"--XyZ\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.dcm\"\r\n"
                b"Content-Type: application/dicom\r\n\r\n" + files[0][1][:500])
