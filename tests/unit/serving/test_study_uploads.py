@@ -58,3 +58,27 @@ def test_an_sr_in_the_study_is_skipped_not_called_truncated(tiny_cohort) -> None
     sr = measurement_report([study[2]], seg, [1.0], None, ModelRef("rgops-cae", "1", "champion"))
     files = [(f"{i}.dcm", to_bytes(d)) for i, d in enumerate([*study, sr])]
     assert len(serving.read_dicom_upload(files, max_files=1000)) == len(study)
+
+
+def test_program_scores_of_a_synthetic_trained_model_carry_a_warning() -> None:
+    import dataclasses
+
+    import torch
+
+    from rgops.data.datasets import GenePanel
+    from rgops.models.cae import CAEConfig, ConditionalAE
+    from rgops.models.program_head import ProgramHead
+
+    torch.manual_seed(0)
+    cfg = CAEConfig(image_size=16, n_genes=2, latent_dim=4, gene_embed_dim=4, gene_hidden=8, widths=(8, 8), groups=2)
+    head = ProgramHead.from_json({"names": ["emt"], "coef": [[1.0, 0.0, 0.0, 0.0]], "intercept": [0.0]})
+    base = serving.ServedModel("rgops-cae", "1", "champion", "cae", ConditionalAE(cfg).eval(),
+                               GenePanel(("A", "B"), np.zeros(2), np.ones(2), n_train=2), program_head=head,
+                               card={"trained_on": {"origin": "synthetic", "generator": "rgops.data.synth/1"}})
+    patches = np.zeros((1, 1, 16, 16))
+    scale = np.zeros(1)
+    row = serving.encode(base, patches, scale=scale).mean(head).row(0)
+    assert row["program_scores"] is not None and "synthetic cohort (rgops.data.synth/1)" in row["program_scores_warning"]
+    assert base.describe()["trained_on"]["origin"] == "synthetic"
+    site = dataclasses.replace(base, card={"trained_on": {"origin": "site"}})
+    assert serving.encode(site, patches, scale=scale).row(0)["program_scores_warning"] is None
