@@ -104,3 +104,12 @@ class PromotionRefused(RegistryError):
 
 class IntegrityError(RgopsError, ValueError):
     """An artifact whose SHA-256 does not match the digest recorded for it."""
+
+
+class LimitExceeded(RgopsError, ValueError):
+    """A request that asks the server to read more than a configured limit (``serve:`` in params.yaml):
+    bytes after decompression, zip members, pixels, patches. The message names the limit and its key."""
+
+
+class ServiceUnavailable(RgopsError, RuntimeError):
+    """No model is loaded yet (the registry is unreachable or the alias unset): retry after a while."""

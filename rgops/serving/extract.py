@@ -210,8 +210,8 @@ def patch_from_dicom(datasets: Sequence[Any], spec: PatchSpec, box: Sequence[int
     from rgops.data.ingest import extract_patches
 
     key = _process_key()
-    clean = [deid.deidentify(ds, key, source_patient_id=str(ds.get("PatientID", "") or "unknown"))
-             for ds in datasets]
+    clean = [_on_client_data(f"de-identifying file {i + 1}", deid.deidentify, ds, key,
+                             str(ds.get("PatientID", "") or "unknown")) for i, ds in enumerate(datasets)]
     segs = [d for d in clean if str(d.get("SOPClassUID", "")) == SEGMENTATION_STORAGE]
     cts = [d for d in clean if str(d.get("SOPClassUID", "")) != SEGMENTATION_STORAGE]
     names = [f"CT file {i + 1}" for i in range(len(cts))]
@@ -219,7 +219,7 @@ def patch_from_dicom(datasets: Sequence[Any], spec: PatchSpec, box: Sequence[int
         if segs or len(cts) != 1 or box is not None:
             raise DicomError(f"a tumour mask goes with exactly one CT slice (no SEG, no box); got {len(cts)} CT "
                              f"and {len(segs)} SEG file(s)")
-        series = dicom.ct_series(cts, names)
+        series = _on_client_data("reading the CT series", dicom.ct_series, cts, names)
         if mask2d.shape != series.hu.shape[1:]:
             raise ShapeError(f"tumour mask has shape {mask2d.shape}, the CT slice {series.hu.shape[1:]}; "
                              "send a mask on the slice's pixel grid")
@@ -228,7 +228,7 @@ def patch_from_dicom(datasets: Sequence[Any], spec: PatchSpec, box: Sequence[int
         if segs or len(cts) != 1:
             raise DicomError(f"a tumour box goes with exactly one CT slice and no SEG; got {len(cts)} CT "
                              f"and {len(segs)} SEG file(s)")
-        series = dicom.ct_series(cts, names)
+        series = _on_client_data("reading the CT series", dicom.ct_series, cts, names)
         rows, cols = series.hu.shape[1:]
         r0, c0, r1, c1 = (int(v) for v in box) if len(box) == 4 else (0, 0, 0, 0)
         if len(box) != 4 or not (0 <= r0 < r1 <= rows and 0 <= c0 < c1 <= cols):
@@ -240,16 +240,34 @@ def patch_from_dicom(datasets: Sequence[Any], spec: PatchSpec, box: Sequence[int
         if len(segs) != 1 or not cts:
             raise DicomError(f"expected the CT series and exactly one SEG; got {len(cts)} CT and {len(segs)} "
                              "SEG file(s) (or send one CT slice with a tumour 'box')")
-        series = dicom.ct_series(cts, names)
-        mask = dicom.segmentation_mask(segs[0], series, "the uploaded SEG")
+        series = _on_client_data("reading the CT series", dicom.ct_series, cts, names)
+        mask = _on_client_data("reading the SEG", dicom.segmentation_mask, segs[0], series, "the uploaded SEG")
     # the very function ingest cuts with
-    patches, _, infos = extract_patches(series.hu, mask, float(series.pixel_spacing[0]), spec)
+    patches, _, infos = _on_client_data("cutting the tumour patch", extract_patches, series.hu, mask,
+                                        float(series.pixel_spacing[0]), spec)
     slices = [{"slice_index": int(i["slice_index"]), "crop_side_px": int(i["crop_side_px"]),
                "tumour_area_px": int(i["tumour_area_px"]), "mm_per_px": float(i["mm_per_px"])} for i in infos]
     provenance = {"slices": slices, "slice_index": slices[0]["slice_index"],
                   "pixel_spacing_mm": [float(v) for v in series.pixel_spacing], "n_slices": series.n_slices,
                   "patch_spec": spec.to_json()["format"]}
     return patches, provenance
+
+
+#: What pydicom, highdicom and numpy raise on malformed client data that passed the header checks.
+CLIENT_DATA_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, NotImplementedError,
+                      OverflowError, ZeroDivisionError, EOFError, RuntimeError)
+
+
+def _on_client_data(stage: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run one step of the DICOM path; a library error on the client's data becomes a DicomError
+    naming the step (rgops's own errors pass through with their messages)."""
+    try:
+        return fn(*args)
+    except RgopsError:
+        raise
+    except CLIENT_DATA_ERRORS as exc:
+        raise DicomError(f"{stage} failed on the uploaded DICOM ({type(exc).__name__}); a header element is "
+                         "corrupt or inconsistent: re-export the files") from None
 
 
 _KEY: list[bytes] = []

@@ -1,46 +1,104 @@
-"""Reading the bytes a client uploads: ``.npy`` arrays, DICOM files and zips of them."""
+"""Reading the bytes a client uploads: ``.npy`` arrays, DICOM files and zips of them.
+
+This is the input boundary for files: every limit of :class:`~rgops.serving.config.UploadLimits`
+is checked here *before* the work it bounds (a zip's members are counted before one is read and
+decompressed in chunks against a byte budget; a ``.npy`` header's shape is checked before the
+array is allocated; a DICOM header's frames x rows x columns before pixel data is decoded), and
+every parser error on client bytes becomes a typed :class:`~rgops.errors.RgopsError` naming the
+file (by position: client file names are neither echoed nor logged) and the attribute.
+"""
 
 from __future__ import annotations
 
 import io
+import lzma
+import math
 import zipfile
+import zlib
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from rgops.errors import DicomError, ShapeError
+from rgops.errors import DicomDecodeError, DicomError, LimitExceeded, ShapeError
+from rgops.serving.config import UploadLimits
 from rgops.serving.extract import check_patches
 
 NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+#: Compression methods Python's zipfile reads: stored, deflate, bzip2, LZMA (implode, AES: refused).
+ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2",
+               zipfile.ZIP_LZMA: "lzma"}
+CHUNK = 1 << 20
+
+Upload = bytes | Path
 
 
-def is_npy(data: bytes) -> bool:
-    """Whether an upload is a NumPy ``.npy`` file (ready patches) rather than DICOM."""
-    return data[:6] == NPY_MAGIC
+def _head(data: Upload, n: int) -> bytes:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data[:n])
+    with open(data, "rb") as fh:
+        return fh.read(n)
 
 
-def read_npy_patches(data: bytes, size: int, max_patches: int) -> np.ndarray:
+def _size(data: Upload) -> int:
+    return len(data) if isinstance(data, (bytes, bytearray, memoryview)) else data.stat().st_size
+
+
+def _open(data: Upload) -> BinaryIO:
+    return io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else open(data, "rb")
+
+
+def is_npy(data: Upload) -> bool:
+    """Whether an upload is a NumPy ``.npy`` file (ready patches or a mask) rather than DICOM."""
+    return _head(data, 6) == NPY_MAGIC
+
+
+def _load_npy(data: Upload, what: str, max_items: int) -> np.ndarray:
+    """A numeric ``.npy`` whose header is checked first: a shape of more than ``max_items`` values is
+    refused before anything is allocated, and the file must hold the bytes its header promises."""
+    try:
+        with _open(data) as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(fh, max_header_size=10000)
+            items = math.prod(shape)
+            if dtype.hasobject or dtype.kind not in "biuf":
+                raise ShapeError(f"the .npy {what} has dtype {dtype}; send a numeric array (object arrays are "
+                                 "refused, never unpickled)")
+            if items > max_items:
+                raise LimitExceeded(f"the .npy {what} header declares shape {tuple(shape)} ({items} values); at "
+                                    f"most {max_items} values are accepted (serve.max_patches / serve.max_side)")
+            if _size(data) - fh.tell() < items * dtype.itemsize:
+                raise ShapeError(f"the .npy {what} holds fewer bytes than its header's shape {tuple(shape)} "
+                                 "needs; the upload was truncated, send it again")
+            fh.seek(0)
+            return np.load(fh, allow_pickle=False)
+    except (ShapeError, LimitExceeded):
+        raise
+    except (ValueError, OSError, EOFError, TypeError, SyntaxError, OverflowError) as exc:
+        raise ShapeError(f"the .npy {what} cannot be read ({type(exc).__name__}); send a numeric array saved "
+                         "with numpy.save (object arrays are refused)") from None
+
+
+def read_npy_patches(data: Upload, size: int, max_patches: int) -> np.ndarray:
     """Ready patches uploaded as a ``.npy`` file -> checked float32 ``(B, 1, S, S)``.
 
-    Loaded with ``allow_pickle=False``: an object array is refused, never unpickled.
-
     Raises:
-        ShapeError: not a readable numeric ``.npy``, more than ``max_patches`` patches, or out of
-            contract (see :func:`check_patches`).
+        ShapeError: not a readable numeric ``.npy`` or out of contract (see :func:`check_patches`).
+        LimitExceeded: more than ``max_patches`` patches (checked on the header, before loading).
     """
-    try:
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ShapeError(f"the .npy upload cannot be read ({exc}); send a numeric array saved with numpy.save "
-                         "(object arrays are refused)") from None
+    arr = _load_npy(data, "patches", max_patches * size * size)
     patches = check_patches(arr, size)
     if len(patches) > max_patches:
-        raise ShapeError(f"the .npy holds {len(patches)} patches; at most {max_patches} per request")
+        raise LimitExceeded(f"the .npy holds {len(patches)} patches; at most {max_patches} per request "
+                            "(serve.max_patches)")
     return patches
 
 
-def read_npy_mask(arrays: Sequence[bytes]) -> np.ndarray:
+def read_npy_mask(arrays: Sequence[Upload], max_side: int = 4096) -> np.ndarray:
     """The one tumour mask ``(rows, columns)`` uploaded as ``.npy`` beside a single CT slice.
 
     Raises:
@@ -48,74 +106,188 @@ def read_npy_mask(arrays: Sequence[bytes]) -> np.ndarray:
     """
     if len(arrays) != 1:
         raise ShapeError(f"{len(arrays)} .npy files uploaded with DICOM; send one tumour mask (rows, columns)")
-    try:
-        mask = np.load(io.BytesIO(arrays[0]), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ShapeError(f"the .npy tumour mask cannot be read ({exc}); save a numeric 2-D array with numpy.save") from None
+    mask = _load_npy(arrays[0], "tumour mask", max_side * max_side)
     if mask.ndim != 2 or mask.dtype.kind not in "biuf" or not np.any(mask):
         raise ShapeError(f"tumour mask has shape {mask.shape} and dtype {mask.dtype}; expected a numeric 2-D "
                          "array on the CT slice's grid with at least one non-zero (tumour) pixel")
     return mask
 
 
-def read_dicom_upload(files: Sequence[tuple[str, bytes]], max_files: int) -> list[Any]:
-    """Uploaded files (DICOM files and/or zips of them) -> pydicom datasets, pixel data included.
+class _Budget:
+    """Decompressed bytes left to the zips of one request."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.left = limit, limit
+
+    def take(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise LimitExceeded(f"the zips of this request expand to more than {self.limit} bytes (serve."
+                                "max_decompressed_mb); send fewer files per request, or the files unzipped")
+
+
+def _unzip(data: Upload, where: str, limits: UploadLimits, budget: _Budget, room: int) -> list[tuple[str, bytes]]:
+    """The members of one zip, read in chunks against ``budget``; at most ``room`` files."""
+    out: list[tuple[str, bytes]] = []
+    try:
+        with _open(data) as raw, zipfile.ZipFile(raw) as zf:
+            infos = zf.infolist()
+            if len(infos) > limits.max_zip_members:
+                raise LimitExceeded(f"{where} lists {len(infos)} entries; at most {limits.max_zip_members} "
+                                    "(serve.max_zip_members)")
+            members = [m for m in infos if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
+            if len(members) > room:
+                raise LimitExceeded(f"{where} holds {len(members)} files; at most {limits.max_files} files per "
+                                    "request (serve.max_files); split the upload")
+            for i, m in enumerate(members):
+                label = f"{where} member {i + 1}"
+                if m.flag_bits & 0x1:
+                    raise DicomError(f"{label} is encrypted; send an unencrypted zip (or the files themselves)")
+                if m.compress_type not in ZIP_METHODS:
+                    raise DicomError(f"{label} uses zip compression method {m.compress_type}; accepted are "
+                                     f"{sorted(ZIP_METHODS.values())}: re-zip it with deflate")
+                if m.file_size > budget.left:
+                    budget.take(m.file_size)
+                out.append((label, _read_member(zf, m, budget)))
+    except (DicomError, LimitExceeded):
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, RuntimeError,
+            NotImplementedError, zlib.error, lzma.LZMAError, KeyError, TypeError) as exc:
+        raise DicomError(f"{where} is not a readable zip ({type(exc).__name__}); send a complete zip of DICOM "
+                         "files, or the files themselves") from None
+    return out
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget) -> bytes:
+    """Decompress one member in chunks, never past the budget (the header's sizes are not trusted)."""
+    buf = bytearray()
+    with zf.open(info) as fh:
+        while chunk := fh.read(CHUNK):
+            budget.take(len(chunk))
+            buf += chunk
+    return bytes(buf)
+
+
+def collect_files(files: Sequence[tuple[str, Upload]], limits: UploadLimits) -> list[tuple[str, Upload]]:
+    """Uploaded files with zips opened: ``(position label, bytes or path)``, the limits checked.
 
     Raises:
-        DicomError: nothing uploaded, too many files, a zip that cannot be read, or a file that is
-            not DICOM (truncated uploads land here: the message names the file's position).
+        DicomError: nothing uploaded or a zip that cannot be read (encrypted, unknown method, corrupt).
+        LimitExceeded: too many files or zip entries, or more decompressed bytes than allowed.
+    """
+    blobs: list[tuple[str, Upload]] = []
+    budget = _Budget(limits.max_decompressed_bytes)
+    for k, (name, data) in enumerate(files):
+        where = f"upload {k + 1}"
+        if _head(data, 4) == ZIP_MAGIC or (name or "").lower().endswith(".zip"):
+            blobs += _unzip(data, where, limits, budget, limits.max_files - len(blobs))
+        else:
+            blobs.append((f"file {len(blobs) + 1}", data))
+        if len(blobs) > limits.max_files:
+            raise LimitExceeded(f"{len(blobs)} files uploaded; at most {limits.max_files} per request "
+                                "(serve.max_files); split the upload")
+    if not blobs:
+        raise DicomError("no files uploaded; send the CT series and its SEG (or a zip of them)")
+    return blobs
+
+
+def read_dicom_upload(files: Sequence[tuple[str, Upload]], limits: UploadLimits) -> list[Any]:
+    """Uploaded files (DICOM files and/or zips of them) -> pydicom datasets, pixel data included,
+    every header checked by :func:`check_dataset`.
+
+    Raises:
+        DicomError: nothing uploaded, a zip that cannot be read, a file that is not DICOM (truncated
+            uploads land here: the message names the file's position) or whose header does not hold.
+        DicomDecodeError: a transfer syntax that is not DICOM's.
+        LimitExceeded: a limit of ``limits`` is exceeded.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    blobs: list[tuple[str, bytes]] = []
-    for name, data in files:
-        if data[:4] == b"PK\x03\x04" or (name or "").lower().endswith(".zip"):
-            try:
-                with zipfile.ZipFile(io.BytesIO(data)) as zf:
-                    members = [m for m in zf.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
-                    if len(blobs) + len(members) > max_files:
-                        raise DicomError(f"the zip holds {len(members)} files; at most {max_files} files per "
-                                         "request are accepted; split the upload")
-                    blobs += [(f"zip member {i + 1}", zf.read(m)) for i, m in enumerate(members)]
-            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
-                raise DicomError(f"upload {len(blobs) + 1} is not a readable zip ({exc}); "
-                                 "send a complete zip of DICOM files, or the files themselves") from None
-        else:
-            blobs.append((f"file {len(blobs) + 1}", data))
-        if len(blobs) > max_files:
-            raise DicomError(f"{len(blobs)} files uploaded; at most {max_files} per request; split the upload")
-    if not blobs:
-        raise DicomError("no files uploaded; send the CT series and its SEG (or a zip of them)")
     datasets = []
-    for where, data in blobs:
+    voxels = 0
+    for where, data in collect_files(files, limits):
+        size = _size(data)
         try:
-            ds = pydicom.dcmread(io.BytesIO(data), force=False)
+            ds = pydicom.dcmread(_open(data) if isinstance(data, Path) else io.BytesIO(data), force=False)
         except InvalidDicomError:
-            raise DicomError(f"{where} ({len(data)} bytes) is not a DICOM Part 10 file; send .dcm files "
+            raise DicomError(f"{where} ({size} bytes) is not a DICOM Part 10 file; send .dcm files "
                              "with the 128-byte preamble and 'DICM' prefix") from None
         except Exception as exc:  # noqa: BLE001 - untrusted bytes: any parser failure is the client's
-            raise DicomError(f"{where} ({len(data)} bytes) could not be parsed as DICOM "
+            raise DicomError(f"{where} ({size} bytes) could not be parsed as DICOM "
                              f"({type(exc).__name__}); the upload may be truncated, send it again") from None
-        if "PixelData" not in ds:
-            raise DicomError(f"{where} ({len(data)} bytes) has no pixel data: the upload was truncated or it "
-                             "is not an image; send the complete CT and SEG files")
-        _check_pixel_length(ds, where)
+        voxels += check_dataset(ds, where, limits)
+        if voxels > limits.max_voxels:
+            raise LimitExceeded(f"the DICOM of this request declares {voxels} pixels (frames x rows x columns) "
+                                f"so far; at most {limits.max_voxels} (serve.max_voxels); send one series per request")
         datasets.append(ds)
     return datasets
 
 
-def _check_pixel_length(ds: Any, where: str) -> None:
-    """Uncompressed pixel data shorter than its header promises means a truncated upload."""
-    if not ds.file_meta.get("TransferSyntaxUID") or ds.file_meta.TransferSyntaxUID.is_compressed:
-        return
+def _parse_all(ds: Any, where: str) -> None:
+    """Convert every element (sequences included), so a corrupt one is named here, not deep in a library."""
+    from pydicom.datadict import keyword_for_tag
+
+    for tag in list(ds.keys()):
+        try:
+            elem = ds[tag]
+            items = list(elem.value) if elem.VR == "SQ" else ()
+        except Exception as exc:  # noqa: BLE001 - untrusted bytes: any conversion failure is the client's
+            raise DicomError(f"{where}: element {tag} ({keyword_for_tag(tag) or 'unknown'}) cannot be parsed "
+                             f"({type(exc).__name__}); the file is corrupt: re-export it") from None
+        for item in items:
+            _parse_all(item, where)
+
+
+def _int_attr(ds: Any, keyword: str, where: str, default: int | None = None) -> int:
+    value = ds.get(keyword, default)
     try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        bits = int(ds.BitsAllocated)
-        n = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * frames
-    except (AttributeError, TypeError, ValueError):
-        raise DicomError(f"{where} lacks Rows/Columns/BitsAllocated; the file is not a usable image") from None
-    expected = (n * bits + 7) // 8
-    if len(ds.PixelData) < expected:
-        raise DicomError(f"{where} has {len(ds.PixelData)} bytes of pixel data, its header promises {expected}: "
-                         "the upload was truncated; send the complete file again")
+        if value is None or value == "":
+            raise ValueError
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise DicomError(f"{where}: {keyword} is {'missing' if value is None else 'not an integer'}; an image "
+                         "needs Rows, Columns and BitsAllocated as integers: re-export the file") from None
+
+
+def check_dataset(ds: Any, where: str, limits: UploadLimits) -> int:
+    """The header checks of one uploaded file; returns the pixels it declares (frames x rows x columns).
+
+    Raises:
+        DicomError: a corrupt element, no pixel data, a missing or non-integer image attribute,
+            or uncompressed pixel data shorter than the header promises.
+        DicomDecodeError: a TransferSyntaxUID that is not a DICOM transfer syntax.
+        LimitExceeded: a frame larger than ``max_side`` or more pixels than ``max_voxels``.
+    """
+    from pydicom.uid import AllTransferSyntaxes
+
+    _parse_all(ds, where)
+    if "PixelData" not in ds:
+        raise DicomError(f"{where} has no pixel data: the upload was truncated or it is not an image; send the "
+                         "complete CT and SEG files")
+    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    if ts not in AllTransferSyntaxes:
+        raise DicomDecodeError(f"{where} declares TransferSyntaxUID {ts[:64]!r}, which is not a DICOM transfer "
+                               "syntax; re-export the file (explicit VR little endian is always read)")
+    rows, cols = _int_attr(ds, "Rows", where), _int_attr(ds, "Columns", where)
+    bits = _int_attr(ds, "BitsAllocated", where)
+    frames = _int_attr(ds, "NumberOfFrames", where, default=1)
+    samples = _int_attr(ds, "SamplesPerPixel", where, default=1)
+    if not (1 <= rows <= limits.max_side and 1 <= cols <= limits.max_side):
+        raise LimitExceeded(f"{where} has frames of {rows} x {cols} pixels; at most {limits.max_side} per side "
+                            "(serve.max_side)")
+    if bits not in (1, 8, 16, 32, 64) or samples not in (1, 3) or frames < 1:
+        raise DicomError(f"{where} has BitsAllocated {bits}, SamplesPerPixel {samples}, NumberOfFrames {frames}; "
+                         "expected 1/8/16/32/64 bits, 1 or 3 samples and at least one frame")
+    voxels = rows * cols * frames * samples
+    if voxels > limits.max_voxels:
+        raise LimitExceeded(f"{where} declares {frames} frame(s) of {rows} x {cols} pixels ({voxels}); at most "
+                            f"{limits.max_voxels} pixels per request (serve.max_voxels)")
+    from pydicom.uid import UID
+
+    if not UID(ts).is_compressed:
+        expected = (voxels * bits + 7) // 8
+        if len(ds.PixelData) < expected:
+            raise DicomError(f"{where} has {len(ds.PixelData)} bytes of pixel data, its header promises "
+                             f"{expected}: the upload was truncated; send the complete file again")
+    return voxels
