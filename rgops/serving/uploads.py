@@ -15,14 +15,14 @@ import lzma
 import math
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from rgops.errors import DicomDecodeError, DicomError, LimitExceeded, ShapeError
-from rgops.serving.config import UploadLimits
+from rgops.errors import DicomDecodeError, DicomError, LimitExceeded, RgopsError, ShapeError
+from rgops.serving.config import MIB, UploadLimits
 from rgops.serving.extract import check_patches
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -126,9 +126,40 @@ class _Budget:
                                 "max_decompressed_mb); send fewer files per request, or the files unzipped")
 
 
-def _unzip(data: Upload, where: str, limits: UploadLimits, budget: _Budget, room: int) -> list[tuple[str, bytes]]:
-    """The members of one zip, read in chunks against ``budget``; at most ``room`` files."""
-    out: list[tuple[str, bytes]] = []
+Opener = Callable[[], BinaryIO]
+#: The most bytes read to find a header's end (the pixel data start): a SEG with a few hundred frames
+#: has a header of a few hundred KB.
+HEADER_BYTES = 8 * MIB
+
+
+def read_dicom_upload(files: Sequence[tuple[str, Upload]], limits: UploadLimits) -> list[Any]:
+    """Uploaded files (DICOM files and/or zips of them) -> pydicom datasets, pixel data included.
+
+    Each file's header is read and checked (:func:`check_dataset`) before its pixel data, and a
+    file is never read past what its header declares, so neither a zip bomb nor a header that
+    declares 100,000 frames makes the server allocate more than the limits allow.
+
+    Raises:
+        DicomError: nothing uploaded, a zip that cannot be read, a file that is not DICOM (truncated
+            uploads land here: the message names the file's position) or whose header does not hold.
+        DicomDecodeError: a transfer syntax that is not DICOM's.
+        LimitExceeded: a limit of ``limits`` is exceeded.
+    """
+    state = {"files": 0, "voxels": 0}
+    budget = _Budget(limits.max_decompressed_bytes)
+    datasets: list[Any] = []
+    for k, (name, data) in enumerate(files):
+        if _head(data, 4) == ZIP_MAGIC or (name or "").lower().endswith(".zip"):
+            datasets += _read_zip(data, f"upload {k + 1}", limits, budget, state)
+        else:
+            datasets.append(_read_counted(f"file {state['files'] + 1}", lambda d=data: _open(d), limits, None, state))
+    if not datasets:
+        raise DicomError("no files uploaded; send the CT series and its SEG (or a zip of them)")
+    return datasets
+
+
+def _read_zip(data: Upload, where: str, limits: UploadLimits, budget: _Budget, state: dict[str, int]) -> list[Any]:
+    out: list[Any] = []
     try:
         with _open(data) as raw, zipfile.ZipFile(raw) as zf:
             infos = zf.infolist()
@@ -136,7 +167,7 @@ def _unzip(data: Upload, where: str, limits: UploadLimits, budget: _Budget, room
                 raise LimitExceeded(f"{where} lists {len(infos)} entries; at most {limits.max_zip_members} "
                                     "(serve.max_zip_members)")
             members = [m for m in infos if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
-            if len(members) > room:
+            if state["files"] + len(members) > limits.max_files:
                 raise LimitExceeded(f"{where} holds {len(members)} files; at most {limits.max_files} files per "
                                     "request (serve.max_files); split the upload")
             for i, m in enumerate(members):
@@ -146,10 +177,8 @@ def _unzip(data: Upload, where: str, limits: UploadLimits, budget: _Budget, room
                 if m.compress_type not in ZIP_METHODS:
                     raise DicomError(f"{label} uses zip compression method {m.compress_type}; accepted are "
                                      f"{sorted(ZIP_METHODS.values())}: re-zip it with deflate")
-                if m.file_size > budget.left:
-                    budget.take(m.file_size)
-                out.append((label, _read_member(zf, m, budget)))
-    except (DicomError, LimitExceeded):
+                out.append(_read_counted(label, lambda m=m: zf.open(m), limits, budget, state))
+    except RgopsError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, RuntimeError,
             NotImplementedError, zlib.error, lzma.LZMAError, KeyError, TypeError) as exc:
@@ -158,70 +187,72 @@ def _unzip(data: Upload, where: str, limits: UploadLimits, budget: _Budget, room
     return out
 
 
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget) -> bytes:
-    """Decompress one member in chunks, never past the budget (the header's sizes are not trusted)."""
+def _read_counted(where: str, opener: Opener, limits: UploadLimits, budget: _Budget | None,
+                  state: dict[str, int]) -> Any:
+    state["files"] += 1
+    if state["files"] > limits.max_files:
+        raise LimitExceeded(f"more than {limits.max_files} files uploaded; at most {limits.max_files} per request "
+                            "(serve.max_files); split the upload")
+    ds, voxels = _read_dicom(where, opener, limits, budget)
+    state["voxels"] += voxels
+    if state["voxels"] > limits.max_voxels:
+        raise LimitExceeded(f"the DICOM of this request declares {state['voxels']} pixels (frames x rows x "
+                            f"columns) so far; at most {limits.max_voxels} (serve.max_voxels); send one series "
+                            "per request")
+    return ds
+
+
+def _read_capped(opener: Opener, cap: int, budget: _Budget | None) -> bytes | None:
+    """At most ``cap`` bytes from a fresh stream (None when there are more), counted against ``budget``."""
     buf = bytearray()
-    with zf.open(info) as fh:
-        while chunk := fh.read(CHUNK):
-            budget.take(len(chunk))
+    with opener() as fh:
+        while chunk := fh.read(min(CHUNK, cap + 1 - len(buf))):
+            if budget is not None:
+                budget.take(len(chunk))
             buf += chunk
+            if len(buf) > cap:
+                return None
     return bytes(buf)
 
 
-def collect_files(files: Sequence[tuple[str, Upload]], limits: UploadLimits) -> list[tuple[str, Upload]]:
-    """Uploaded files with zips opened: ``(position label, bytes or path)``, the limits checked.
-
-    Raises:
-        DicomError: nothing uploaded or a zip that cannot be read (encrypted, unknown method, corrupt).
-        LimitExceeded: too many files or zip entries, or more decompressed bytes than allowed.
-    """
-    blobs: list[tuple[str, Upload]] = []
-    budget = _Budget(limits.max_decompressed_bytes)
-    for k, (name, data) in enumerate(files):
-        where = f"upload {k + 1}"
-        if _head(data, 4) == ZIP_MAGIC or (name or "").lower().endswith(".zip"):
-            blobs += _unzip(data, where, limits, budget, limits.max_files - len(blobs))
-        else:
-            blobs.append((f"file {len(blobs) + 1}", data))
-        if len(blobs) > limits.max_files:
-            raise LimitExceeded(f"{len(blobs)} files uploaded; at most {limits.max_files} per request "
-                                "(serve.max_files); split the upload")
-    if not blobs:
-        raise DicomError("no files uploaded; send the CT series and its SEG (or a zip of them)")
-    return blobs
+def _read_dicom(where: str, opener: Opener, limits: UploadLimits, budget: _Budget | None) -> tuple[Any, int]:
+    """One DICOM file: header read and checked, then the file read no further than the header declares."""
+    head = _first(opener, HEADER_BYTES + 1)
+    if budget is not None:
+        budget.take(len(head))
+    if len(head) < 132 or head[128:132] != b"DICM":
+        raise DicomError(f"{where} is not a DICOM Part 10 file; send .dcm files with the 128-byte preamble and "
+                         "'DICM' prefix")
+    header = _dcmread(head, where, stop_before_pixels=True)
+    voxels, pixel_bytes = check_header(header, where, limits)
+    data: bytes | None = head
+    if len(head) > HEADER_BYTES:
+        data = _read_capped(opener, HEADER_BYTES + pixel_bytes + MIB, budget)
+    if data is None:
+        raise LimitExceeded(f"{where} holds more bytes than its header's {pixel_bytes} bytes of pixel data "
+                            "explain; send the file as exported")
+    ds = _dcmread(data, where, stop_before_pixels=False)
+    check_dataset(ds, where, limits)
+    return ds, voxels
 
 
-def read_dicom_upload(files: Sequence[tuple[str, Upload]], limits: UploadLimits) -> list[Any]:
-    """Uploaded files (DICOM files and/or zips of them) -> pydicom datasets, pixel data included,
-    every header checked by :func:`check_dataset`.
+def _first(opener: Opener, n: int) -> bytes:
+    with opener() as fh:
+        return fh.read(n)
 
-    Raises:
-        DicomError: nothing uploaded, a zip that cannot be read, a file that is not DICOM (truncated
-            uploads land here: the message names the file's position) or whose header does not hold.
-        DicomDecodeError: a transfer syntax that is not DICOM's.
-        LimitExceeded: a limit of ``limits`` is exceeded.
-    """
+
+def _dcmread(data: bytes, where: str, stop_before_pixels: bool) -> Any:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    datasets = []
-    voxels = 0
-    for where, data in collect_files(files, limits):
-        size = _size(data)
-        try:
-            ds = pydicom.dcmread(_open(data) if isinstance(data, Path) else io.BytesIO(data), force=False)
-        except InvalidDicomError:
-            raise DicomError(f"{where} ({size} bytes) is not a DICOM Part 10 file; send .dcm files "
-                             "with the 128-byte preamble and 'DICM' prefix") from None
-        except Exception as exc:  # noqa: BLE001 - untrusted bytes: any parser failure is the client's
-            raise DicomError(f"{where} ({size} bytes) could not be parsed as DICOM "
-                             f"({type(exc).__name__}); the upload may be truncated, send it again") from None
-        voxels += check_dataset(ds, where, limits)
-        if voxels > limits.max_voxels:
-            raise LimitExceeded(f"the DICOM of this request declares {voxels} pixels (frames x rows x columns) "
-                                f"so far; at most {limits.max_voxels} (serve.max_voxels); send one series per request")
-        datasets.append(ds)
-    return datasets
+    try:
+        return pydicom.dcmread(io.BytesIO(data), force=False, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        raise DicomError(f"{where} ({len(data)} bytes) is not a DICOM Part 10 file; send .dcm files "
+                         "with the 128-byte preamble and 'DICM' prefix") from None
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: any parser failure is the client's
+        raise DicomError(f"{where} ({len(data)} bytes) could not be parsed as DICOM "
+                         f"({type(exc).__name__}); the upload may be truncated, send it again") from None
 
 
 def _parse_all(ds: Any, where: str) -> None:
@@ -246,25 +277,22 @@ def _int_attr(ds: Any, keyword: str, where: str, default: int | None = None) -> 
             raise ValueError
         return int(value)
     except (TypeError, ValueError, OverflowError):
-        raise DicomError(f"{where}: {keyword} is {'missing' if value is None else 'not an integer'}; an image "
-                         "needs Rows, Columns and BitsAllocated as integers: re-export the file") from None
+        what = "missing (the upload may be truncated)" if value is None else "not an integer"
+        raise DicomError(f"{where}: {keyword} is {what}; an image needs Rows, Columns and BitsAllocated as "
+                         "integers: send the complete file, re-exported") from None
 
 
-def check_dataset(ds: Any, where: str, limits: UploadLimits) -> int:
-    """The header checks of one uploaded file; returns the pixels it declares (frames x rows x columns).
+def check_header(ds: Any, where: str, limits: UploadLimits) -> tuple[int, int]:
+    """The image attributes of one file's header; returns the pixels (frames x rows x columns x
+    samples) and the bytes of uncompressed pixel data it declares.
 
     Raises:
-        DicomError: a corrupt element, no pixel data, a missing or non-integer image attribute,
-            or uncompressed pixel data shorter than the header promises.
+        DicomError: a missing or non-integer image attribute, or values no image has.
         DicomDecodeError: a TransferSyntaxUID that is not a DICOM transfer syntax.
         LimitExceeded: a frame larger than ``max_side`` or more pixels than ``max_voxels``.
     """
     from pydicom.uid import AllTransferSyntaxes
 
-    _parse_all(ds, where)
-    if "PixelData" not in ds:
-        raise DicomError(f"{where} has no pixel data: the upload was truncated or it is not an image; send the "
-                         "complete CT and SEG files")
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
     if ts not in AllTransferSyntaxes:
         raise DicomDecodeError(f"{where} declares TransferSyntaxUID {ts[:64]!r}, which is not a DICOM transfer "
@@ -283,11 +311,23 @@ def check_dataset(ds: Any, where: str, limits: UploadLimits) -> int:
     if voxels > limits.max_voxels:
         raise LimitExceeded(f"{where} declares {frames} frame(s) of {rows} x {cols} pixels ({voxels}); at most "
                             f"{limits.max_voxels} pixels per request (serve.max_voxels)")
+    return voxels, (voxels * bits + 7) // 8
+
+
+def check_dataset(ds: Any, where: str, limits: UploadLimits) -> None:
+    """The checks of one whole file: every element parses, pixel data is there and, uncompressed,
+    as long as the header promises.
+
+    Raises:
+        DicomError: a corrupt element, no pixel data, or truncated pixel data.
+    """
     from pydicom.uid import UID
 
-    if not UID(ts).is_compressed:
-        expected = (voxels * bits + 7) // 8
-        if len(ds.PixelData) < expected:
-            raise DicomError(f"{where} has {len(ds.PixelData)} bytes of pixel data, its header promises "
-                             f"{expected}: the upload was truncated; send the complete file again")
-    return voxels
+    _parse_all(ds, where)
+    if "PixelData" not in ds:
+        raise DicomError(f"{where} has no pixel data: the upload was truncated or it is not an image; send the "
+                         "complete CT and SEG files")
+    _, expected = check_header(ds, where, limits)
+    if not UID(str(ds.file_meta.TransferSyntaxUID)).is_compressed and len(ds.PixelData) < expected:
+        raise DicomError(f"{where} has {len(ds.PixelData)} bytes of pixel data, its header promises "
+                         f"{expected}: the upload was truncated; send the complete file again")

@@ -21,6 +21,7 @@ from rgops.errors import (
     IntegrityError,
     LimitExceeded,
     RegistryError,
+    ServiceUnavailable,
     ShapeError,
 )
 from rgops.export import to_secondary_capture
@@ -229,7 +230,7 @@ def test_model_slot_swaps_when_the_alias_moves(panel: GenePanel) -> None:
         return serving.ServedModel(name, version, a, "cae", _cae(panel, seed=int(version)), panel)
 
     slot = serving.ModelSlot("rgops-cae", "champion", lambda n, a: alias.get(a), load)
-    with pytest.raises(RegistryError, match="no model loaded"):
+    with pytest.raises(ServiceUnavailable, match="no model loaded"):
         slot.current  # noqa: B018
     assert slot.refresh() and slot.current.version == "1"
     held = slot.current  # a request in flight keeps its model
