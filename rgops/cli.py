@@ -429,10 +429,11 @@ def serve_cmd(
     (MLFLOW_TRACKING_URI) and needs API keys in RGOPS_API_KEYS or RGOPS_API_KEYS_FILE.
     """
     import importlib
-    import subprocess
+    import signal
 
     from rgops.config import load_params
     from rgops.serving.config import ServeConfig
+    from rgops.serving.process import run_in_group
 
     cfg = ServeConfig.from_params(load_params(params) if params.is_file() else None)
     # fail here, with the reason, rather than inside the server (services/ is the app layer, like flows/)
@@ -445,11 +446,9 @@ def serve_cmd(
                f"/metadata /healthz; OpenAPI at /docs)")
     cmd = [sys.executable, "-m", "bentoml", "serve", "services.service:RgopsService", "--host", host,
            "--port", str(port)]
-    try:
-        code = subprocess.call(cmd, cwd=root if (root / "services").is_dir() else None, env=env)
-    except KeyboardInterrupt:
-        code = 0
-    raise typer.Exit(code)
+    # its own process group, signals forwarded: stopping `rgops serve` stops every server process
+    code = run_in_group(cmd, cwd=root if (root / "services").is_dir() else None, env=env)
+    raise typer.Exit(0 if code in (-signal.SIGTERM, -signal.SIGINT) else code)
 
 
 # --- PACS ----------------------------------------------------------------------------------------

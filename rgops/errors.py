@@ -119,3 +119,12 @@ class PacsError(RgopsError, ConnectionError):
 
 class StudyNotFound(PacsError, LookupError):
     """A study or series the PACS does not hold."""
+
+
+class LimitExceeded(RgopsError, ValueError):
+    """A request that asks the server to read more than a configured limit (``serve:`` in params.yaml):
+    bytes after decompression, zip members, pixels, patches. The message names the limit and its key."""
+
+
+class ServiceUnavailable(RgopsError, RuntimeError):
+    """No model is loaded yet (the registry is unreachable or the alias unset): retry after a while."""

@@ -136,11 +136,33 @@ def encode(model: ServedModel, patches: np.ndarray, genes: np.ndarray | None = N
                     program_score_warning(dict(model.card or {})))
 
 
+def decode_patch_b64(text: str, size: int) -> np.ndarray:
+    """One patch sent as base64 of ``size * size`` little-endian float32 values (row-major) -> ``(S, S)``.
+
+    A quarter of the JSON float-list body and parsed without a float-by-float decode.
+
+    Raises:
+        ShapeError: not base64, or not ``size * size`` float32 values.
+    """
+    import base64
+    import binascii
+
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ShapeError(f"pixels_b64 is not base64; send base64 of {size} x {size} little-endian float32 "
+                         "values, row by row") from None
+    if len(raw) != size * size * 4:
+        raise ShapeError(f"pixels_b64 holds {len(raw)} bytes; expected {size * size * 4} ({size} x {size} float32)")
+    return np.frombuffer(raw, dtype="<f4").reshape(size, size)
+
+
 def encode_items(model: ServedModel, items: Sequence[tuple[Any, Mapping[str, Any] | None, float | None]],
                  out: Callable[..., Any] = dict) -> list[Any]:
     """A batch of ready patches from several requests -> one result per item, in order.
 
-    Each item is ``(pixels, raw_profile or None, mm_per_px or None)``. Items are checked one by one, so one client's
+    Each item is ``(pixels, raw_profile or None, mm_per_px or None)``; ``pixels`` is an S x S array
+    (nested lists) or a base64 string (:func:`decode_patch_b64`). Items are checked one by one, so one client's
     bad patch gives *that item* an ``error`` (with its reason) instead of failing the others in
     the batch; the valid ones are encoded in one model call.
 
@@ -157,6 +179,7 @@ def encode_items(model: ServedModel, items: Sequence[tuple[Any, Mapping[str, Any
     for i, (pixels, profile, mm_per_px) in enumerate(items):
         try:
             scale = check_scale(model, None if mm_per_px is None else [mm_per_px], 1)
+            pixels = decode_patch_b64(pixels, model.image_size) if isinstance(pixels, str) else pixels
             arrays.append(check_patches(pixels, model.image_size)[0])
             if needs_genes:
                 if profile is None:
@@ -220,22 +243,24 @@ def patch_from_dicom(datasets: Sequence[Any], spec: PatchSpec, box: Sequence[int
     from rgops.data.study import select_study
 
     key = _process_key()
-    clean = [deid.deidentify(ds, key, source_patient_id=str(ds.get("PatientID", "") or "unknown"))
-             for ds in datasets]
+    clean = [_on_client_data(f"de-identifying file {i + 1}", deid.deidentify, ds, key,
+                             str(ds.get("PatientID", "") or "unknown")) for i, ds in enumerate(datasets)]
     n_segs = sum(str(d.get("SOPClassUID", "")) == SEGMENTATION_STORAGE for d in clean)
     if (box is not None or mask2d is not None) and n_segs:
         raise DicomError(f"a tumour box or mask replaces the SEG; got {n_segs} SEG file(s) as well: send one or "
                          "the other")
     # the same series choice as ingest: the CT series the SEG references; localizers and others ignored
-    selection = select_study(clean, allow_no_seg=box is not None or mask2d is not None)
+    selection = _on_client_data("choosing the study's series", select_study, clean,
+                                box is not None or mask2d is not None)
     names = [f"CT file {i + 1}" for i in range(len(selection.ct))]
-    series = dicom.ct_series(selection.ct, names)
+    series = _on_client_data("reading the CT series", dicom.ct_series, selection.ct, names)
     if selection.seg is not None:
-        mask = dicom.segmentation_mask(selection.seg, series, "the uploaded SEG")
+        mask = _on_client_data("reading the SEG", dicom.segmentation_mask, selection.seg, series, "the uploaded SEG")
     else:
         mask = _drawn_mask(series, box, mask2d)
     # the very function ingest cuts with
-    patches, _, infos = extract_patches(series.hu, mask, float(series.pixel_spacing[0]), spec)
+    patches, _, infos = _on_client_data("cutting the tumour patch", extract_patches, series.hu, mask,
+                                        float(series.pixel_spacing[0]), spec)
     slices = [{"slice_index": int(i["slice_index"]), "crop_side_px": int(i["crop_side_px"]),
                "tumour_area_px": int(i["tumour_area_px"]), "mm_per_px": float(i["mm_per_px"])} for i in infos]
     provenance = {"slices": slices, "slice_index": slices[0]["slice_index"],
@@ -263,6 +288,23 @@ def _drawn_mask(series: Any, box: Sequence[int] | None, mask2d: np.ndarray | Non
     mask = np.zeros(series.hu.shape, dtype=np.uint8)
     mask[0, r0:r1, c0:c1] = 1
     return mask
+
+
+#: What pydicom, highdicom and numpy raise on malformed client data that passed the header checks.
+CLIENT_DATA_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, NotImplementedError,
+                      OverflowError, ZeroDivisionError, EOFError, RuntimeError)
+
+
+def _on_client_data(stage: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run one step of the DICOM path; a library error on the client's data becomes a DicomError
+    naming the step (rgops's own errors pass through with their messages)."""
+    try:
+        return fn(*args)
+    except RgopsError:
+        raise
+    except CLIENT_DATA_ERRORS as exc:
+        raise DicomError(f"{stage} failed on the uploaded DICOM ({type(exc).__name__}); a header element is "
+                         "corrupt or inconsistent: re-export the files") from None
 
 
 _KEY: list[bytes] = []

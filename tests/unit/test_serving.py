@@ -19,13 +19,16 @@ from rgops.errors import (
     GeneMismatchError,
     GeneTableError,
     IntegrityError,
+    LimitExceeded,
     RegistryError,
+    ServiceUnavailable,
     ShapeError,
 )
 from rgops.export import to_secondary_capture
 from rgops.models.cae import CAEConfig, ConditionalAE
 from rgops.models.gan import GANConfig, Generator
 from rgops.models.program_head import ProgramHead
+from rgops.serving.config import UploadLimits
 
 GENES = ("EGFR", "KRAS", "TP53", "MYC", "VIM", "HIF1A")
 S = 16
@@ -132,10 +135,10 @@ def test_read_dicom_upload_files_and_zip() -> None:
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("a/1.dcm", blob)
         zf.writestr("a/2.dcm", blob)
-    out = serving.read_dicom_upload([("x.dcm", blob), ("s.zip", buf.getvalue())], max_files=10)
+    out = serving.read_dicom_upload([("x.dcm", blob), ("s.zip", buf.getvalue())], UploadLimits(max_files=10))
     assert len(out) == 3 and all(isinstance(d, pydicom.Dataset) for d in out)
-    with pytest.raises(DicomError, match="at most 2"):
-        serving.read_dicom_upload([("s.zip", buf.getvalue()), ("x.dcm", blob)], max_files=2)
+    with pytest.raises(LimitExceeded, match="at most 2"):
+        serving.read_dicom_upload([("s.zip", buf.getvalue()), ("x.dcm", blob)], UploadLimits(max_files=2))
 
 
 @pytest.mark.parametrize("data, why", [
@@ -146,12 +149,12 @@ def test_read_dicom_upload_files_and_zip() -> None:
 ])
 def test_read_dicom_upload_refuses_bad_bytes(data: bytes, why: str) -> None:
     with pytest.raises(DicomError, match=why):
-        serving.read_dicom_upload([("f", data)], max_files=10)
+        serving.read_dicom_upload([("f", data)], UploadLimits(max_files=10))
 
 
 def test_read_dicom_upload_refuses_nothing() -> None:
     with pytest.raises(DicomError, match="no files uploaded"):
-        serving.read_dicom_upload([], max_files=10)
+        serving.read_dicom_upload([], UploadLimits(max_files=10))
 
 
 # --- generation ---------------------------------------------------------------------------------
@@ -227,7 +230,7 @@ def test_model_slot_swaps_when_the_alias_moves(panel: GenePanel) -> None:
         return serving.ServedModel(name, version, a, "cae", _cae(panel, seed=int(version)), panel)
 
     slot = serving.ModelSlot("rgops-cae", "champion", lambda n, a: alias.get(a), load)
-    with pytest.raises(RegistryError, match="no model loaded"):
+    with pytest.raises(ServiceUnavailable, match="no model loaded"):
         slot.current  # noqa: B018
     assert slot.refresh() and slot.current.version == "1"
     held = slot.current  # a request in flight keeps its model
@@ -322,7 +325,7 @@ def test_npy_patches(cae: serving.ServedModel) -> None:
     data = buf.getvalue()
     assert serving.is_npy(data) and not serving.is_npy(_dicom_bytes())
     assert serving.read_npy_patches(data, S, 4).shape == (2, 1, S, S)
-    with pytest.raises(ShapeError, match="at most 1"):
+    with pytest.raises(LimitExceeded, match="at most"):
         serving.read_npy_patches(data, S, 1)
     obj = io.BytesIO()
     np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)

@@ -7,6 +7,7 @@ import pytest
 
 from rgops import serving
 from rgops.data.patch import PatchSpec
+from rgops.serving.config import UploadLimits
 from rgops.errors import StudyError
 from tests.study_factory import media_folder, multi_series_study, to_bytes, zip_folder
 
@@ -28,7 +29,7 @@ def test_a_multi_series_study_cuts_the_same_patches_as_its_ct_and_seg(tiny_cohor
 def test_a_media_zip_with_a_dicomdir_is_read_as_its_study(tiny_cohort, tmp_path) -> None:
     study = multi_series_study(tiny_cohort)
     data = zip_folder(media_folder(study, tmp_path / "cd"))
-    datasets = serving.read_dicom_upload([("media.zip", data)], max_files=1000)
+    datasets = serving.read_dicom_upload([("media.zip", data)], UploadLimits())
     assert len(datasets) == len(study)  # neither the DICOMDIR nor README.TXT
     got, _ = _patches(datasets)
     expected, _ = _patches(multi_series_study(tiny_cohort))
@@ -39,7 +40,7 @@ def test_a_dicomdir_uploaded_as_a_file_is_skipped_not_called_truncated(tiny_coho
     study = multi_series_study(tiny_cohort)
     folder = media_folder(study, tmp_path / "cd")
     files = [("DICOMDIR", (folder / "DICOMDIR").read_bytes())] + [(f"{i}.dcm", to_bytes(d)) for i, d in enumerate(study)]
-    assert len(serving.read_dicom_upload(files, max_files=1000)) == len(study)
+    assert len(serving.read_dicom_upload(files, UploadLimits())) == len(study)
 
 
 def test_a_study_without_a_seg_is_refused_with_the_series_found(tiny_cohort) -> None:
@@ -57,7 +58,7 @@ def test_an_sr_in_the_study_is_skipped_not_called_truncated(tiny_cohort) -> None
     seg = next(d for d in study if d.Modality == "SEG")
     sr = measurement_report([study[2]], seg, [1.0], None, ModelRef("rgops-cae", "1", "champion"))
     files = [(f"{i}.dcm", to_bytes(d)) for i, d in enumerate([*study, sr])]
-    assert len(serving.read_dicom_upload(files, max_files=1000)) == len(study)
+    assert len(serving.read_dicom_upload(files, UploadLimits())) == len(study)
 
 
 def test_program_scores_of_a_synthetic_trained_model_carry_a_warning() -> None:
