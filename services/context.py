@@ -26,6 +26,9 @@ request_state_var: contextvars.ContextVar[RequestState | None] = contextvars.Con
 
 #: ``() -> (ready, JSON body)`` installed by the service once its model slots exist.
 HEALTH: list[Callable[[], tuple[bool, dict[str, Any]]]] = []
+#: route -> a check that raises ServiceUnavailable while that route's model is not loaded (the gate
+#: answers 503 before reading the body; a batched API cannot return an error response itself).
+NEEDS_MODEL: dict[str, Callable[[], object]] = {}
 
 
 def current_request_id() -> str | None:

@@ -31,7 +31,7 @@ from typing import Any
 
 from rgops.errors import ConfigError, RgopsError
 from services.boundary import Body, BodyLimits, RouteFields, read_json, read_multipart
-from services.context import HEALTH, RequestState, current_request_id, request_state_var
+from services.context import HEALTH, NEEDS_MODEL, RequestState, current_request_id, request_state_var
 from services.errors import (
     NotFound,
     RequestTooLarge,
@@ -231,6 +231,8 @@ class RgopsGate:
             return
         try:
             self._check_head(scope, path)
+            if path in NEEDS_MODEL:
+                NEEDS_MODEL[path]()
             body = await self._read_body(scope, receive, path)
         except RgopsError as exc:
             await self._refuse(send, exc, rid)

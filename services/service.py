@@ -43,7 +43,7 @@ from rgops import serving
 from rgops.config import load_params
 from rgops.errors import GeneTableError
 from services.boundary import BodyLimits, RouteFields
-from services.context import HEALTH, current_request_id, note_model
+from services.context import HEALTH, NEEDS_MODEL, current_request_id, note_model
 from services.errors import RETRY_AFTER_S, maps_errors
 from services.security import RgopsGate, load_api_keys
 
@@ -125,6 +125,8 @@ class RgopsService:
         self.reloader = serving.Reloader([self.cae, self.gan], self.config.reload_poll_s,
                                          self.config.reload_timeout_s)
         HEALTH[:] = [self.health]
+        NEEDS_MODEL.update({"/extract": lambda: self.cae.current, "/extract_patches": lambda: self.cae.current,
+                            "/generate": lambda: self.gan.current})
         self.reloader.start()  # models load in the background: the probes answer at once
 
     def _bound_registry_retries(self) -> None:
@@ -132,7 +134,7 @@ class RgopsService:
         only to reload models, so bound it here (an operator's own setting wins)."""
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(self.config.registry_retries))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(self.config.registry_timeout_s))))
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.5")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")  # MLflow reads an int
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """``/readyz``: ready when every model is loaded; each model's version and last reload error."""

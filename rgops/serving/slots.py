@@ -176,7 +176,7 @@ class ModelSlot:
             self.last_error = str(exc)
             raise
         except Exception as exc:  # noqa: BLE001 - the registry's own failures must not kill the poller
-            self.last_error = f"{type(exc).__name__} while reloading from the registry"
+            self.last_error = f"{type(exc).__name__} while reloading from the registry: {str(exc)[:200]}"
             raise TrackingError(f"{self.name}@{self.alias}: {self.last_error}; the loaded version keeps "
                                 "serving") from None
         finally:
@@ -201,7 +201,7 @@ class Reloader:
     """
 
     def __init__(self, slots: Sequence[ModelSlot], poll_s: float, timeout_s: float,
-                 backoff_s: float = 1.0, max_backoff_s: float = 60.0) -> None:
+                 backoff_s: float = 1.0, max_backoff_s: float = 30.0) -> None:
         self.slots, self.poll_s, self.timeout_s = list(slots), poll_s, timeout_s
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self._stop = threading.Event()
@@ -235,7 +235,8 @@ class Reloader:
             try:
                 outcome[slot.name]["changed"] = slot.refresh()
             except RgopsError as exc:
-                log.warning("%s@%s not (re)loaded: %s", slot.name, slot.alias, type(exc).__name__)
+                # registry errors name models, versions and hosts, never patient data
+                log.warning("%s@%s not (re)loaded: %s: %s", slot.name, slot.alias, type(exc).__name__, str(exc)[:300])
                 outcome[slot.name]["changed"] = False
 
         threads = [threading.Thread(target=one, args=(s,), name=f"rgops-reload-{s.name}", daemon=True)

@@ -132,8 +132,8 @@ class _Budget:
 
 Opener = Callable[[], BinaryIO]
 #: The most bytes read to find a header's end (the pixel data start): a SEG with a few hundred frames
-#: has a header of a few hundred KB.
-HEADER_BYTES = 8 * MIB
+#: has a header of some 100 KB, an enhanced multi-frame CT of 500 frames about 0.5 MB.
+HEADER_BYTES = 2 * MIB
 
 
 def read_dicom_upload(files: Sequence[tuple[str, Upload]], limits: UploadLimits) -> list[Any]:
@@ -229,9 +229,9 @@ def _read_dicom(where: str, opener: Opener, limits: UploadLimits, budget: _Budge
     head = _first(opener, HEADER_BYTES + 1)
     if budget is not None:
         budget.take(len(head))
-    if len(head) < 132 or head[128:132] != b"DICM":
-        raise DicomError(f"{where} is not a DICOM Part 10 file; send .dcm files with the 128-byte preamble and "
-                         "'DICM' prefix")
+    if len(head) < 140 or head[128:132] != b"DICM" or head[132:134] != b"\x02\x00":
+        raise DicomError(f"{where} is not a DICOM Part 10 file (no 'DICM' prefix followed by the file meta "
+                         "group); send .dcm files with the 128-byte preamble, 'DICM' and the file meta")
     header = _dcmread(head, where, stop_before_pixels=True)
     if _skipped(header, where):
         return None, 0

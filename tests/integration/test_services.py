@@ -4,6 +4,7 @@ registry (SQLite) with a promoted @champion, called over HTTP."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import socket
@@ -81,17 +82,17 @@ def _publish_in(folder: Path, uri: str, seed: int = 0) -> dict[str, str]:
             os.environ["MLFLOW_TRACKING_URI"] = old_uri
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """(base URL, tracking URI): one `bentoml serve` process for the module."""
+@contextlib.contextmanager
+def running_server(tmp: Path, serve_params: str):
+    """A real `bentoml serve` over tiny champions in a SQLite registry under ``tmp``:
+    yields (base URL, tracking URI, versions, log path, the `bentoml serve` Popen)."""
     import httpx
 
-    tmp = tmp_path_factory.mktemp("serve")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "RGOPS_TRACKING_URI": uri}
     versions = _publish_in(tmp, uri)
     params = tmp / "params.yaml"
-    params.write_text("serve:\n  max_request_mb: 1\n  max_samples: 4\n  reload_poll_s: 0\n  traversal_steps: 3\n")
+    params.write_text(serve_params)
     env.update({"RGOPS_API_KEYS": KEY, "BENTOML_HOME": str(tmp / "bentoml"), "RGOPS_PARAMS": str(params),
                 "BENTOML_DO_NOT_TRACK": "true"})
     port = _free_port()
@@ -113,7 +114,7 @@ def server(tmp_path_factory):
             if time.time() > deadline:
                 raise RuntimeError(f"server not ready: {(tmp / 'server.log').read_text()[-3000:]}")
             time.sleep(1)
-        yield base, uri, versions, tmp / "server.log"
+        yield base, uri, versions, tmp / "server.log", proc
     finally:
         proc.terminate()
         try:
@@ -121,6 +122,14 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """(base URL, tracking URI, versions, log path): one `bentoml serve` process for the module."""
+    params = "serve:\n  max_request_mb: 1\n  max_samples: 4\n  reload_poll_s: 0\n  traversal_steps: 3\n"
+    with running_server(tmp_path_factory.mktemp("serve"), params) as (base, uri, versions, log, _):
+        yield base, uri, versions, log
 
 
 def _client(base: str, key: str | None = KEY):
