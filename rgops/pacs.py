@@ -28,7 +28,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from rgops.errors import ConfigError, DicomError, PacsError, StudyError, StudyNotFound
+from rgops.errors import ConfigError, DicomError, LimitExceeded, PacsError, StudyError, StudyNotFound
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ class SeriesRef:
     modality: str
     number: str = ""
     description: str = ""
+    n_instances: int = 0
 
 
 class Pacs:
@@ -167,12 +168,14 @@ class Pacs:
             StudyNotFound: the PACS holds no series of that study.
         """
         found = self._call("a series search of the study", self.client.search_for_series,
-                           study_instance_uid=study_uid, fields=["SeriesDescription", "SeriesNumber"])
+                           study_instance_uid=study_uid,
+                           fields=["SeriesDescription", "SeriesNumber", "NumberOfSeriesRelatedInstances"])
         if not found:
             raise StudyNotFound("the PACS holds no series of the requested study; check the StudyInstanceUID "
                                 "and that the study has arrived")
         return [SeriesRef(str(_value(s, "SeriesInstanceUID", "")), str(_value(s, "Modality", "")),
-                          str(_value(s, "SeriesNumber", "") or ""), str(_value(s, "SeriesDescription", "") or ""))
+                          str(_value(s, "SeriesNumber", "") or ""), str(_value(s, "SeriesDescription", "") or ""),
+                          int(_value(s, "NumberOfSeriesRelatedInstances", 0) or 0))
                 for s in found]
 
     def retrieve(self, study_uid: str, series: Sequence[SeriesRef]) -> list[Dataset]:
@@ -187,7 +190,8 @@ class Pacs:
         self._call("a store of the result", self.client.store_instances, list(datasets))
 
 
-def fetch_study(pacs: Pacs, study_uid: str, series_uid: str | None = None) -> list[Dataset]:
+def fetch_study(pacs: Pacs, study_uid: str, series_uid: str | None = None,
+                max_instances: int | None = None) -> list[Dataset]:
     """The CT and SEG instances of a study (all CT series, or only ``series_uid``, and every SEG).
 
     Other series (SR, presentation states, other modalities) stay on the PACS, each logged.
@@ -195,6 +199,8 @@ def fetch_study(pacs: Pacs, study_uid: str, series_uid: str | None = None) -> li
     Raises:
         StudyNotFound: no such study, or no series ``series_uid`` in it.
         StudyError: the study holds no CT or no SEG series (names the series found, what to send).
+        LimitExceeded: the series to retrieve hold more than ``max_instances`` instances (checked
+            on the PACS's counts before anything is retrieved).
     """
     label = study_label(study_uid)
     series = pacs.series(study_uid)
@@ -210,6 +216,10 @@ def fetch_study(pacs: Pacs, study_uid: str, series_uid: str | None = None) -> li
     if not any(s.modality == "SEG" for s in wanted) or not any(s.modality == "CT" for s in wanted):
         raise StudyError(f"the study holds no CT series with a DICOM SEG (found {found}); store the SEG of the "
                          "tumour, referencing its CT series, in the same study")
+    total = sum(s.n_instances for s in wanted)
+    if max_instances is not None and total > max_instances:
+        raise LimitExceeded(f"the study's CT and SEG series hold {total} instances; at most {max_instances} "
+                            "(serve.max_files): name the CT series with series_uid")
     return pacs.retrieve(study_uid, wanted)
 
 
@@ -229,7 +239,8 @@ def result_sr(ct: Sequence[Dataset], seg: Dataset, answer: Mapping[str, Any]) ->
 
 
 def extract_study(pacs: Pacs, study_uid: str, extract: Callable[[list[Dataset]], Mapping[str, Any]],
-                  series_uid: str | None = None, store: bool = False) -> dict[str, Any]:
+                  series_uid: str | None = None, store: bool = False,
+                  max_instances: int | None = None) -> dict[str, Any]:
     """Retrieve a study, extract its biomarker with ``extract`` and, with ``store``, send the SR back.
 
     Args:
@@ -239,19 +250,20 @@ def extract_study(pacs: Pacs, study_uid: str, extract: Callable[[list[Dataset]],
             ``/extract`` answer (``latent``, ``program_scores``, ``model``, ...); it de-identifies.
         series_uid: the CT series to use (default: the one the SEG references).
         store: store the TID 1500 SR in the study (STOW-RS).
+        max_instances: refuse a study whose CT and SEG series hold more instances (the upload limit).
 
     Returns:
         The ``extract`` answer, plus ``series`` (each series retrieved, used or why not) and
         ``stored`` (the SR's new SOP and series instance UIDs, or None). No patient identifier.
 
     Raises:
-        StudyNotFound, StudyError, PacsError, and what ``extract`` raises.
+        StudyNotFound, StudyError, PacsError, LimitExceeded, and what ``extract`` raises.
     """
     check_uid(study_uid, "study_uid")
     if series_uid is not None:
         check_uid(series_uid, "series_uid")
     label = study_label(study_uid)
-    datasets = fetch_study(pacs, study_uid, series_uid)
+    datasets = fetch_study(pacs, study_uid, series_uid, max_instances)
     from rgops.data.study import select_study
 
     selection = select_study(datasets)  # the same choice an upload gets

@@ -206,7 +206,7 @@ class RgopsService:
 
         model = self._model(self.cae)
         out = pacs.extract_study(pacs.connect(), study_uid, lambda ds: serving.extract_dicom(model, ds),
-                                 series_uid=series_uid, store=store)
+                                 series_uid=series_uid, store=store, max_instances=self.config.limits.max_files)
         return {"request_id": current_request_id(), **out}
 
     @bentoml.api(route="/extract_patches", batchable=True, max_batch_size=CONFIG.max_batch_size,

@@ -10,6 +10,7 @@ new study once and a restart does not extract it again.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -282,3 +283,24 @@ def test_the_readme_standard_library_client_works(stack, tiny_cohort, tmp_path) 
     answer = namespace["extract"](stack[0], KEY, sorted(folder.rglob("*.dcm")))
     np.testing.assert_allclose(answer["latent"], _extract_upload(stack[0], study)["latent"], rtol=0, atol=1e-9)
     assert "trained_on" in answer["model"]
+
+
+def test_secondary_capture_loads_in_orthanc_and_a_big_study_is_refused_before_retrieval(pacs, tiny_cohort) -> None:
+    from rgops.errors import LimitExceeded
+    from rgops.export import to_secondary_capture
+    from rgops.pacs import extract_study
+
+    sc = to_secondary_capture(np.zeros((1, 32, 32)), "rgops-gan", "1")
+    stored = pacs.upload(sc)
+    with pacs.client() as c:
+        tags = c.get(f"/instances/{stored['ID']}/simplified-tags").json()
+        back = pydicom.dcmread(io.BytesIO(c.get(f"/instances/{stored['ID']}/file").content))
+    assert tags["PatientID"] == "SYNTHETIC" and tags["ConversionType"] == "SYN"
+    assert back[0x0008, 0x001C].value == "YES"  # Orthanc 1.10's dictionary predates the tag; it keeps it
+
+    study = multi_series_study(tiny_cohort, 7)
+    study_uid = _store(pacs, study)
+    calls = []
+    with pytest.raises(LimitExceeded, match="at most 5 \\(serve.max_files\\)"):
+        extract_study(Pacs(PacsConfig.from_env(pacs.env())), study_uid, calls.append, max_instances=5)
+    assert calls == []
