@@ -209,7 +209,9 @@ def extract_patches(hu: np.ndarray, mask: np.ndarray, pixel_spacing_mm: float, s
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    # a DICOMDIR (media index, e.g. a series copied from a CD) is not an instance
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                  and p.name.upper() != "DICOMDIR")
 
 
 def _instance_row(pseudo_id: str, ds: Dataset) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from rgops.data.ingest import IngestConfig, ingest_patient
 from rgops.data.study import pick_referenced, select_study
 from rgops.errors import StudyError
 from tests.conftest import TINY_KEY
-from tests.study_factory import localizer, multi_series_study
+from tests.study_factory import localizer, media_folder, multi_series_study
 
 
 def _reconstruction(cts):
@@ -80,13 +80,15 @@ def test_pick_referenced_prefers_the_seg_that_references_a_series(tiny_cohort) -
     assert pick_referenced(["9.9", "8.8"], [seg]) == (0, None)
 
 
-def test_ingest_ignores_a_localizer_folder_as_serving_does(tiny_cohort, tmp_path) -> None:
+def test_ingest_ignores_a_localizer_folder_and_a_dicomdir_as_serving_does(tiny_cohort, tmp_path) -> None:
     patient = sorted((tiny_cohort / "ct").iterdir())[0]
     dst = tmp_path / patient.name
     shutil.copytree(patient, dst)
     first = next(p for d in sorted(dst.iterdir()) if d.name != "seg" for p in sorted(d.iterdir()))
     (dst / "localizer").mkdir()
     localizer(pydicom.dcmread(first)).save_as(dst / "localizer" / "loc.dcm", enforce_file_format=True)
+    media = media_folder([pydicom.dcmread(first)], tmp_path / "cd")  # a series copied from a CD, index included
+    shutil.copy(media / "DICOMDIR", first.parent / "DICOMDIR")
     config = IngestConfig()
     plain, with_loc = ingest_patient(patient, config, TINY_KEY), ingest_patient(dst, config, TINY_KEY)
     assert plain.ok and with_loc.ok
