@@ -428,13 +428,16 @@ def serve_cmd(
     Loads models:/rgops-cae@champion and models:/rgops-gan@champion from the registry
     (MLFLOW_TRACKING_URI) and needs API keys in RGOPS_API_KEYS or RGOPS_API_KEYS_FILE.
     """
-    import subprocess
+    import importlib
+    import signal
 
     from rgops.config import load_params
-    from rgops.serving import ServeConfig, load_api_keys
+    from rgops.serving.config import ServeConfig
+    from rgops.serving.process import run_in_group
 
     cfg = ServeConfig.from_params(load_params(params) if params.is_file() else None)
-    load_api_keys()  # fail here, with the reason, rather than inside the server
+    # fail here, with the reason, rather than inside the server (services/ is the app layer, like flows/)
+    importlib.import_module("services.security").load_api_keys()
     host = host or cfg.host
     port = port or cfg.port
     env = {**os.environ, "RGOPS_PARAMS": str(params.resolve())} if params.is_file() else dict(os.environ)
@@ -443,11 +446,45 @@ def serve_cmd(
                f"/metadata /healthz; OpenAPI at /docs)")
     cmd = [sys.executable, "-m", "bentoml", "serve", "services.service:RgopsService", "--host", host,
            "--port", str(port)]
+    # its own process group, signals forwarded: stopping `rgops serve` stops every server process
+    code = run_in_group(cmd, cwd=root if (root / "services").is_dir() else None, env=env)
+    raise typer.Exit(0 if code in (-signal.SIGTERM, -signal.SIGINT) else code)
+
+
+# --- PACS ----------------------------------------------------------------------------------------
+
+pacs_app = typer.Typer(help="The hospital PACS (DICOMweb): watch for new CT + SEG studies, answer each with an SR.",
+                       no_args_is_help=True)
+app.add_typer(pacs_app, name="pacs")
+
+
+@pacs_app.command("watch")
+@handles_errors
+def pacs_watch_cmd(
+    state: Path = typer.Option(Path(".rgops/pacs-watch.json"), "--state", help="State file (which studies are done)."),
+    interval: float = typer.Option(30.0, "--interval", help="Seconds between polls."),
+    polls: Optional[int] = typer.Option(None, "--polls", help="Stop after this many polls (default: run until ^C)."),
+    alias: str = typer.Option("champion", "--alias", help="CAE registry alias to extract with."),
+    store: bool = typer.Option(True, "--store/--no-store", help="Store each result in its study as a DICOM SR."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow registry (default MLFLOW_TRACKING_URI)."),
+) -> None:
+    """Poll the PACS (QIDO-RS) and extract each new CT + SEG study once; restart-safe.
+
+    The PACS comes from the environment: RGOPS_PACS_URL (DICOMweb root), RGOPS_PACS_USER,
+    RGOPS_PACS_PASSWORD or RGOPS_PACS_PASSWORD_FILE; never from params.yaml.
+    """
+    from rgops.pacs import Pacs, PacsConfig
+    from rgops.pacs_watch import Watcher, registry_extractor
+
+    watcher = Watcher(Pacs(PacsConfig.from_env()), registry_extractor(alias, tracking_uri), state, store=store)
+    typer.echo(f"watching {watcher.pacs.config.url} every {interval:g} s (state {state})")
     try:
-        code = subprocess.call(cmd, cwd=root if (root / "services").is_dir() else None, env=env)
+        watcher.run(interval, max_polls=polls)
     except KeyboardInterrupt:
-        code = 0
-    raise typer.Exit(code)
+        pass
+    done = sum(e.get("status") == "done" for e in watcher.state.studies.values())
+    failed = sum(e.get("status") == "failed" for e in watcher.state.studies.values())
+    typer.echo(f"studies done: {done}, failed: {failed}")
 
 
 # --- demo: the main job ----------------------------------------------------------------------------

@@ -11,7 +11,8 @@ Exception tree::
     ├── CohortError (ValueError)            a cohort folder that is not laid out as documented
     ├── DicomError (ValueError)             a DICOM file that cannot be used
     │   ├── DicomDecodeError                pixel data in a transfer syntax we cannot decode
-    │   └── SegmentationError               a SEG missing, empty or not referencing its series
+    │   ├── SegmentationError               a SEG missing, empty or not referencing its series
+    │   └── StudyError                      a study with no usable CT + segmentation (names its series)
     ├── DeidentificationError (ValueError)  de-identification could not be guaranteed
     ├── GeneTableError (ValueError)         gene-expression table malformed (NaN ids, duplicates, text)
     ├── GeneMismatchError (KeyError)        a profile whose genes do not match a model's gene panel
@@ -23,7 +24,9 @@ Exception tree::
     ├── TrackingError (RuntimeError)        the MLflow tracking server is unreachable or refused
     ├── RegistryError (LookupError)         a model/version/alias that does not exist
     │   └── PromotionRefused                a promotion gate failed (names gate and both numbers)
-    └── IntegrityError (ValueError)         an artifact whose SHA-256 does not match its record
+    ├── IntegrityError (ValueError)         an artifact whose SHA-256 does not match its record
+    └── PacsError (ConnectionError)         the PACS (DICOMweb) is unreachable or refused a request
+        └── StudyNotFound (LookupError)     no such study/series on the PACS
 
 Services map these to HTTP status codes in one place (``services/errors.py``).
 """
@@ -53,6 +56,10 @@ class DicomDecodeError(DicomError):
 
 class SegmentationError(DicomError):
     """A tumour segmentation that is missing, empty, or does not reference its CT series."""
+
+
+class StudyError(DicomError):
+    """A study (upload, media or PACS study) without a usable CT series and segmentation."""
 
 
 class DeidentificationError(RgopsError, ValueError):
@@ -104,3 +111,20 @@ class PromotionRefused(RegistryError):
 
 class IntegrityError(RgopsError, ValueError):
     """An artifact whose SHA-256 does not match the digest recorded for it."""
+
+
+class PacsError(RgopsError, ConnectionError):
+    """The PACS (DICOMweb) is unreachable, refused our credentials, or answered a request with an error."""
+
+
+class StudyNotFound(PacsError, LookupError):
+    """A study or series the PACS does not hold."""
+
+
+class LimitExceeded(RgopsError, ValueError):
+    """A request that asks the server to read more than a configured limit (``serve:`` in params.yaml):
+    bytes after decompression, zip members, pixels, patches. The message names the limit and its key."""
+
+
+class ServiceUnavailable(RgopsError, RuntimeError):
+    """No model is loaded yet (the registry is unreachable or the alias unset): retry after a while."""

@@ -249,7 +249,7 @@ class LoadedModel:
         weights_sha256: SHA-256 of the pickled module that was loaded.
         run_id: the MLflow run that produced it.
         program_head: the latent -> gene-program map fitted at evaluation time
-            (``rgops.serving.ProgramHead`` JSON: names, coef, intercept), digest-checked; None when
+            (``rgops.models.program_head.ProgramHead`` JSON: names, coef, intercept), digest-checked; None when
             the model (for a registry URI: the version) records none.
     """
 
@@ -281,6 +281,8 @@ def _card_spec(datasets: Datasets | None, size: int) -> dict[str, Any]:
 def model_card(kind: str, config: CAEConfig | GANConfig, panel: GenePanel, datasets: Datasets | None,
                metrics: Mapping[str, float], dataset_digest: str, dvc: str, commit: str) -> dict[str, Any]:
     """The model card written as ``metadata.json``."""
+    from rgops.data.provenance import trained_on
+
     s, g = config.image_size, config.n_genes
     if kind == "cae":
         inputs = {"image": [-1, 1, s, s], "genes": [-1, g], "scale_log2_mm_per_px": [-1]}
@@ -296,6 +298,7 @@ def model_card(kind: str, config: CAEConfig | GANConfig, panel: GenePanel, datas
         "format": "rgops-model-card/1", "kind": kind, "intended_use": use,
         "inputs": inputs, "outputs": outputs,
         "patch": _card_spec(datasets, s),
+        "trained_on": trained_on(datasets, dataset_digest, _card_spec(datasets, s)),
         "genes": {"order": list(panel.genes), "transform": panel.transform, "n_train": panel.n_train},
         "training_data": {"digest": dataset_digest, "dvc_hash": dvc,
                           "n_patches": len(datasets) if datasets is not None else None},
@@ -391,7 +394,7 @@ def _resolve(model_uri: str) -> tuple[str, dict[str, str] | None]:
 
 
 def log_program_head(run_id: str, head: Mapping[str, Any]) -> str:
-    """Log a program head (``rgops.serving.ProgramHead`` JSON) to an existing run and tag its digest.
+    """Log a program head (``rgops.models.program_head.ProgramHead`` JSON) to an existing run and tag its digest.
 
     The file goes to ``program_head/<sha256>.json`` (content-addressed, so re-evaluating a run
     never overwrites the head an already registered version points at) and the run gains the tag

@@ -1,34 +1,56 @@
-"""The ASGI middleware in front of every rgops route: API keys, body limits, request ids.
+"""The ASGI gate in front of every rgops route: API keys, the body half of the input boundary,
+request ids, error bodies, metrics and the request log.
 
-* ``Authorization: Bearer KEY`` on every route except the orchestrator probes (``/healthz``,
-  ``/livez``, ``/readyz``, ``/metrics``); the key is compared with every configured key in
-  constant time (:func:`hmac.compare_digest`), so timing says nothing about a key's prefix.
-* Bodies above the limit are refused with 413, from ``Content-Length`` before reading or while
-  reading a chunked body. The body is then checked once: a multipart body that does not parse (a
-  truncated upload) is a 400 here instead of an exception deep inside the framework.
-* Each request gets an id (``X-Request-ID`` on the response; responses quote it) and a log line
-  with method, route, status and milliseconds: no headers, no bodies, no identifiers.
+Everything that can be decided from the request line and headers is answered before the body is
+read: a missing or wrong key (401), two ``Authorization`` headers (401), an unknown path (404), a
+``Content-Length`` above ``serve.max_request_mb`` (413), a Content-Type the route does not read
+(415). The body is then read once by :mod:`services.boundary` (bounded, spooled, inspected) and
+replayed to BentoML. Error responses BentoML makes itself are rewritten into the rgops body
+(:func:`services.errors.rewrite_foreign`); 503s carry ``Retry-After``.
+
+* Keys: ``Authorization: Bearer KEY`` exactly (one space, no surrounding whitespace), compared with
+  every configured key in constant time (:func:`hmac.compare_digest`).
+* Open without a key: ``/healthz``, ``/livez``, ``/readyz`` and ``/metrics`` (unless
+  ``serve.metrics_require_key``). ``/readyz`` answers from the service's model slots (JSON: each
+  model's version and last reload error) and ``/metrics`` from :class:`services.metrics.RequestMetrics`.
+* One log line per request: route template, method, status, milliseconds, model version, request id;
+  never a header, a body, a file name or an unknown path.
 * ``GET /metadata`` is answered by the ``/metadata`` API (BentoML APIs are POST-only).
 """
 
 from __future__ import annotations
 
-import contextvars
 import hmac
 import json
 import logging
+import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from services.errors import RequestTooLarge, Unauthorized, error_body, status_of
+from rgops.errors import ConfigError, RgopsError
+from services.boundary import Body, BodyLimits, RouteFields, read_json, read_multipart
+from services.context import HEALTH, NEEDS_MODEL, RequestState, current_request_id, request_state_var
+from services.errors import (
+    NotFound,
+    RequestTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+    error_body,
+    error_headers,
+    rewrite_foreign,
+    status_of,
+)
+from services.metrics import RequestMetrics
 
 log = logging.getLogger("rgops.services")
 
-OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
+PROBES = frozenset({"/healthz", "/livez", "/readyz"})
+#: Framework pages that need the key like the APIs (OpenAPI, the docs UI).
+DOC_PATHS = frozenset({"/", "/docs", "/docs.json", "/schema.json"})
 
-_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("rgops_request_id", default=None)
+__all__ = ["PROBES", "RgopsGate", "current_request_id", "key_matches", "load_api_keys"]
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -60,9 +82,32 @@ def install_log_filters() -> None:
         target.addFilter(NoPayloadInTracebacks())
 
 
-def current_request_id() -> str | None:
-    """The id of the request being served in this context (None outside a request)."""
-    return _request_id.get()
+def load_api_keys(env: Mapping[str, str] | None = None) -> tuple[bytes, ...]:
+    """API keys from ``RGOPS_API_KEYS`` (comma-separated) and/or the file named by ``RGOPS_API_KEYS_FILE``
+    (one key per line, ``#`` comments).
+
+    Raises:
+        ConfigError: no keys configured, the file is unreadable, or a key is shorter than 16 characters.
+    """
+    env = os.environ if env is None else env
+    keys = [k.strip() for k in env.get("RGOPS_API_KEYS", "").split(",") if k.strip()]
+    path = env.get("RGOPS_API_KEYS_FILE")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise ConfigError(f"RGOPS_API_KEYS_FILE={path!r} cannot be read ({exc.strerror}); "
+                              "point it at a file with one key per line") from None
+        keys += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not keys:
+        raise ConfigError("no API keys configured: set RGOPS_API_KEYS (comma-separated) or RGOPS_API_KEYS_FILE; "
+                          "the services refuse to start without authentication")
+    short = sum(len(k) < 16 for k in keys)
+    if short:
+        raise ConfigError(f"{short} API key(s) are shorter than 16 characters; use e.g. "
+                          "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+    return tuple(k.encode() for k in keys)
 
 
 def key_matches(presented: bytes, keys: Iterable[bytes]) -> bool:
@@ -73,43 +118,58 @@ def key_matches(presented: bytes, keys: Iterable[bytes]) -> bool:
     return ok
 
 
+def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The key of the one ``Authorization: Bearer KEY`` header, or None (absent, repeated, another
+    scheme, or whitespace around or inside the key: a key is compared exactly as configured)."""
+    values = [v for k, v in headers if k.lower() == b"authorization"]
+    if len(values) != 1:
+        return None
+    scheme, sep, key = values[0].partition(b" ")
+    if scheme.lower() != b"bearer" or not sep or not key or any(c in key for c in b" \t\r\n"):
+        return None
+    return key
+
+
 async def _send_json(send: Send, status: int, body: dict[str, Any], request_id: str,
-                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
+                     extra: Mapping[str, str] | None = None) -> None:
     data = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-               (b"x-request-id", request_id.encode())] + (extra or [])
+               (b"x-request-id", request_id.encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
 
 
 class RgopsGate:
-    """Pure ASGI middleware: authentication, body limit and request ids (see the module docstring).
+    """Pure ASGI middleware: see the module docstring.
 
     Args:
         app: the wrapped ASGI app.
-        max_body_bytes: the largest request body accepted.
-        keys: accepted API keys; default: :func:`rgops.serving.load_api_keys` (the environment),
-            read when the server builds its app, never at import.
+        limits: body limits (:class:`services.boundary.BodyLimits`).
+        routes: the API routes and their multipart fields; any other path (but the probes and the
+            docs) is answered 404 before its body is read.
+        metrics_require_key: ``/metrics`` needs the key too.
+        keys: accepted API keys; default: :func:`load_api_keys` (the environment), read when the
+            server builds its app, never at import.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, keys: tuple[bytes, ...] | None = None) -> None:
-        from rgops.serving import load_api_keys
-
+    def __init__(self, app: ASGIApp, limits: BodyLimits, routes: Mapping[str, RouteFields],
+                 metrics_require_key: bool = False, keys: tuple[bytes, ...] | None = None) -> None:
         self.app = app
         self.keys = keys if keys is not None else load_api_keys()
+        self.limits, self.routes = limits, dict(routes)
+        self.metrics_require_key = metrics_require_key
+        self.metrics = RequestMetrics(frozenset(self.routes) | PROBES | DOC_PATHS | {"/metrics"})
         install_log_filters()
-        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope.get("path", "")
-        if path in OPEN_PATHS:
-            await self.app(scope, receive, send)
-            return
+        path, method = scope.get("path", ""), scope.get("method", "")
         rid = uuid.uuid4().hex
-        token = _request_id.set(rid)
+        state = RequestState(rid)
+        token = request_state_var.set(state)
         t0 = time.perf_counter()
         status_box = [0]
 
@@ -121,26 +181,77 @@ class RgopsGate:
             await send(message)
 
         try:
-            await self._handle(scope, receive, send_with_id, rid, path)
+            if path in PROBES or path == "/metrics":
+                await self._open(scope, receive, send_with_id, rid, path)
+            else:
+                await self._handle(scope, receive, send_with_id, rid, path)
         finally:
-            _request_id.reset(token)
-            log.info("%s %s -> %d in %.1f ms [%s]", scope.get("method"), path, status_box[0],
-                     (time.perf_counter() - t0) * 1000, rid)
+            request_state_var.reset(token)
+            seconds = time.perf_counter() - t0
+            self.metrics.observe(path, method, status_box[0], seconds)
+            if path not in PROBES:
+                log.info("%s %s -> %d in %.1f ms model=%s [%s]", method, self.metrics.route_of(path), status_box[0],
+                         seconds * 1000, state.model or "-", rid)
 
-    async def _refuse(self, send: Send, exc: Exception, rid: str) -> None:
+    async def _refuse(self, send: Send, exc: BaseException, rid: str) -> None:
         status = status_of(exc)
-        extra = [(b"www-authenticate", b'Bearer realm="rgops"')] if status == 401 else []
-        await _send_json(send, status, error_body(exc, rid), rid, extra)
+        await _send_json(send, status, error_body(exc, rid), rid, error_headers(status))
+
+    async def _open(self, scope: Scope, receive: Receive, send: Send, rid: str, path: str) -> None:
+        """The probes and /metrics: no body, no key (unless metrics_require_key)."""
+        if path == "/metrics":
+            if self.metrics_require_key and not self._authorised(scope):
+                await self._refuse(send, self._unauthorised(), rid)
+                return
+            data = self.metrics.render()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/plain; version=0.0.4"),
+                                    (b"content-length", str(len(data)).encode())]})
+            await send({"type": "http.response.body", "body": data})
+            return
+        if path == "/readyz" and HEALTH:
+            ready, body = HEALTH[0]()
+            await _send_json(send, 200 if ready else 503, {**body, "request_id": rid}, rid,
+                             None if ready else error_headers(503))
+            return
+        await self.app(scope, receive, send)
+
+    def _authorised(self, scope: Scope) -> bool:
+        key = presented_key(scope.get("headers", []))
+        return key is not None and key_matches(key, self.keys)
+
+    @staticmethod
+    def _unauthorised() -> Unauthorized:
+        return Unauthorized("missing or invalid API key; send exactly one header 'Authorization: Bearer <key>' with "
+                            "a key configured in RGOPS_API_KEYS or RGOPS_API_KEYS_FILE")
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, rid: str, path: str) -> None:
-        headers = {k.lower(): v for k, v in scope.get("headers", [])}
-        auth = headers.get(b"authorization", b"")
-        scheme, _, presented = auth.partition(b" ")
-        if scheme.lower() != b"bearer" or not presented.strip() or not key_matches(presented.strip(), self.keys):
-            await self._refuse(send, Unauthorized(
-                "missing or invalid API key; send the header 'Authorization: Bearer <key>' with a key "
-                "configured in RGOPS_API_KEYS or RGOPS_API_KEYS_FILE"), rid)
+        if not self._authorised(scope):
+            await self._refuse(send, self._unauthorised(), rid)
             return
+        try:
+            self._check_head(scope, path)
+            if path in NEEDS_MODEL:
+                NEEDS_MODEL[path]()
+            body = await self._read_body(scope, receive, path)
+        except RgopsError as exc:
+            await self._refuse(send, exc, rid)
+            return
+        if scope.get("method") == "GET" and path == "/metadata":
+            scope = {**scope, "method": "POST", "headers": [
+                h for h in scope["headers"] if h[0].lower() not in (b"content-type", b"content-length")]
+                + [(b"content-type", b"application/json"), (b"content-length", b"2")]}
+            body = Body(b"{}")
+        try:
+            await self.app(scope, body.receive, _RewritingSend(send, rid))
+        finally:
+            body.close()
+
+    def _check_head(self, scope: Scope, path: str) -> None:
+        """What the request line and headers already decide (before any body byte is read)."""
+        if path not in self.routes and path not in DOC_PATHS:
+            raise NotFound(f"no route {path[:60]!r}; the routes are {sorted(self.routes)} (GET /docs)")
+        headers = dict((k.lower(), v) for k, v in scope.get("headers", []))
         declared = headers.get(b"content-length")
         if declared is not None:
             try:
@@ -148,76 +259,54 @@ class RgopsGate:
             except ValueError:
                 n = -1
             if n < 0:
-                await _send_json(send, 400, {"error": "BadRequest", "request_id": rid,
-                                             "message": "Content-Length is not a non-negative integer"}, rid)
+                from services.errors import BadRequest
+
+                raise BadRequest("Content-Length is not a non-negative integer")
+            if n > self.limits.max_body_bytes:
+                mb = self.limits.max_body_bytes / (1024 * 1024)
+                raise RequestTooLarge(f"request body has {n} bytes; the limit is {self.limits.max_body_bytes} bytes "
+                                      f"({mb:g} MiB, serve.max_request_mb); split the upload into several requests")
+        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if ctype not in (b"", b"application/json", b"multipart/form-data") and path in self.routes:
+            raise UnsupportedMediaType(f"Content-Type {ctype.decode('latin-1')[:60]!r} is not read here; send "
+                                       "application/json or multipart/form-data")
+
+    async def _read_body(self, scope: Scope, receive: Receive, path: str) -> Body:
+        headers = dict((k.lower(), v) for k, v in scope.get("headers", []))
+        ctype = headers.get(b"content-type", b"")
+        if ctype.lower().startswith(b"multipart/form-data"):
+            return await read_multipart(receive, ctype, self.routes.get(path), self.limits)
+        if scope.get("method") in ("GET", "HEAD"):
+            return Body(b"")
+        return await read_json(receive, self.limits)
+
+
+class _RewritingSend:
+    """Passes responses through, but rewrites a framework's error response into the rgops body."""
+
+    def __init__(self, send: Send, rid: str) -> None:
+        self.send, self.rid = send, rid
+        self.start: Message | None = None
+        self.buf = bytearray()
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            if message["status"] < 400:
+                await self.send(message)
                 return
-            if n > self.max_body_bytes:
-                await self._refuse(send, self._too_large(n), rid)
-                return
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_body_bytes:
-                await self._refuse(send, self._too_large(len(body), streamed=True), rid)
-                return
-            if not message.get("more_body", False):
-                break
-        if declared is not None and len(body) != int(declared):
-            await _send_json(send, 400, {"error": "BadRequest", "request_id": rid, "message":
-                                         f"body has {len(body)} bytes but Content-Length says {int(declared)}; "
-                                         "the upload was truncated, send it again"}, rid)
+            self.start = message
             return
-        content_type = headers.get(b"content-type", b"").decode("latin-1")
-        if content_type.startswith("multipart/form-data"):
-            problem = await _multipart_problem(scope, bytes(body))
-            if problem:
-                await _send_json(send, 400, {"error": "BadRequest", "request_id": rid, "message":
-                                             f"the multipart upload cannot be parsed ({problem}); it may be "
-                                             "truncated: send the complete files again"}, rid)
-                return
-        if scope.get("method") == "GET" and path == "/metadata":
-            scope = {**scope, "method": "POST",
-                     "headers": [h for h in scope["headers"] if h[0].lower() not in (b"content-type", b"content-length")]
-                     + [(b"content-type", b"application/json"), (b"content-length", b"2")]}
-            body = bytearray(b"{}")
-        replayed = [False]
-
-        async def replay() -> Message:
-            if not replayed[0]:
-                replayed[0] = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    def _too_large(self, n: int, streamed: bool = False) -> RequestTooLarge:
-        mb = self.max_body_bytes / (1024 * 1024)
-        got = f"more than {n}" if streamed else str(n)
-        return RequestTooLarge(f"request body has {got} bytes; the limit is {self.max_body_bytes} bytes "
-                               f"({mb:g} MiB, serve.max_request_mb); split the upload into several requests")
-
-
-async def _multipart_problem(scope: Scope, body: bytes) -> str | None:
-    """Parse a buffered multipart body; the parser's complaint, or None when it is well formed."""
-    from starlette.datastructures import Headers
-    from starlette.formparsers import MultiPartException, MultiPartParser
-
-    async def stream():  # noqa: ANN202 - async generator of the one buffered chunk
-        yield body
-        yield b""
-
-    try:
-        form = await MultiPartParser(Headers(scope=scope), stream(), max_files=100000, max_fields=1000).parse()
-    except MultiPartException as exc:
-        return exc.message
-    except Exception as exc:  # noqa: BLE001 - any parser failure on client bytes is a client error
-        return type(exc).__name__
-    try:
-        if not body.rstrip().endswith(b"--"):
-            return "the closing boundary is missing"
-    finally:
-        await form.close()
-    return None
+        if self.start is None or message["type"] != "http.response.body":
+            await self.send(message)
+            return
+        self.buf += message.get("body", b"")
+        if message.get("more_body", False):
+            return
+        status, exc = rewrite_foreign(self.start["status"], bytes(self.buf), self.rid)
+        if exc is None:
+            await self.send(self.start)
+            await self.send({"type": "http.response.body", "body": bytes(self.buf)})
+            return
+        log.info("request %s: framework answer %d rewritten as %s", self.rid, self.start["status"],
+                 type(exc).__name__)
+        await _send_json(self.send, status, error_body(exc, self.rid), self.rid, error_headers(status))

@@ -1,6 +1,6 @@
 """The rgops BentoML service: feature extraction and image generation for hospital systems.
 
-A thin typed shell over :mod:`rgops.serving`: each API decodes its inputs, calls one rgops
+A thin typed shell over the :mod:`rgops.serving` package: each API decodes its inputs, calls one rgops
 function and shapes the response; errors are mapped to HTTP status in ``services/errors.py``;
 authentication, body limits and request ids live in ``services/security.py``.
 
@@ -8,16 +8,23 @@ Routes (all POST unless noted; all but the probes need ``Authorization: Bearer K
 
 * ``/extract``: multipart upload of a CT series and its SEG (files or a zip), or one CT slice
   and a tumour ``box``; returns the imaging biomarker (latent), program scores and the model.
+* ``/extract_study``: a study on the hospital PACS (DICOMweb) by StudyInstanceUID -> as ``/extract``;
+  ``store: true`` writes the result back to the study as a DICOM SR (TID 1500).
 * ``/extract_patches``: ready patches as JSON, adaptively batched across concurrent requests.
 * ``/generate``: a gene profile (JSON map or genes.tsv text) -> PNG images (base64), DICOM
   Secondary Capture objects on request, and a gene-traversal strip on request.
 * ``/metadata`` (GET or POST): model cards, gene panel, patch contract of both models.
 * ``/admin/reload``: load the versions the aliases now point at (also polled).
-* ``/healthz``, ``/livez``, ``/readyz``, ``/metrics``: open probes.
+* ``/healthz``, ``/livez``, ``/readyz``, ``/metrics``: open probes (``/readyz`` says each model's
+  version and last reload error; ``/metrics`` may require the key: ``serve.metrics_require_key``).
+
+Models load in the background (:class:`rgops.serving.slots.Reloader`): the server answers its probes
+at once, and the model routes answer 503 with ``Retry-After`` until a model is loaded.
 
 Serve with ``bentoml serve services.service:RgopsService`` (or ``rgops serve``). Configuration:
 ``MLFLOW_TRACKING_URI`` (the registry), ``RGOPS_API_KEYS`` or ``RGOPS_API_KEYS_FILE``,
-``RGOPS_PARAMS`` (default ``params.yaml`` when present; its ``serve:`` section).
+``RGOPS_PARAMS`` (default ``params.yaml`` when present; its ``serve:`` section); for ``/extract_study``
+``RGOPS_PACS_URL``, ``RGOPS_PACS_USER``, ``RGOPS_PACS_PASSWORD`` or ``RGOPS_PACS_PASSWORD_FILE`` (rgops.pacs).
 """
 
 from __future__ import annotations
@@ -25,18 +32,20 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import threading
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import bentoml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rgops import serving
 from rgops.config import load_params
-from services.errors import maps_errors
-from services.security import RgopsGate, current_request_id
+from rgops.errors import GeneTableError
+from services.boundary import BodyLimits, RouteFields
+from services.context import HEALTH, NEEDS_MODEL, current_request_id, note_model
+from services.errors import RETRY_AFTER_S, maps_errors
+from services.security import RgopsGate, load_api_keys
 
 log = logging.getLogger("rgops.services")
 
@@ -48,6 +57,7 @@ def _config() -> serving.ServeConfig:
 
 
 CONFIG = _config()
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
 
 
 class PatchIn(BaseModel):
@@ -56,19 +66,23 @@ class PatchIn(BaseModel):
 
     model_config = ConfigDict(hide_input_in_errors=True)
 
-    pixels: list[list[float]] = Field(description="S x S values in [-1, 1]")
+    pixels: list[list[float]] | None = Field(default=None, description="S x S values in [-1, 1]")
+    pixels_b64: str | None = Field(default=None, description="or: base64 of S x S little-endian float32 values, "
+                                   "row by row (a quarter of the JSON body)")
     mm_per_px: float | None = Field(default=None, description="crop side in mm / S (patch contract v2); needed "
                                     "by a CAE that reads the scale (GET /metadata patch.needs_mm_per_px)")
     profile: dict[str, float | None] | None = Field(
         default=None, description="raw gene profile; needed only by an encoder-conditioned CAE")
 
-    @field_validator("pixels")
-    @classmethod
-    def _square(cls, v: list[list[float]]) -> list[list[float]]:
-        if not v or any(len(row) != len(v) for row in v):
+    @model_validator(mode="after")
+    def _one_form(self) -> "PatchIn":
+        if (self.pixels is None) == (self.pixels_b64 is None):
+            raise ValueError("send exactly one of 'pixels' (S x S numbers) or 'pixels_b64' (base64 float32)")
+        v = self.pixels
+        if v is not None and (not v or any(len(row) != len(v) for row in v)):
             raise ValueError(f"pixels must be a square S x S array, got {len(v)} rows of lengths "
                              f"{sorted({len(r) for r in v})[:3]}")
-        return v
+        return self
 
 
 class PatchOut(BaseModel):
@@ -77,6 +91,7 @@ class PatchOut(BaseModel):
     latent: list[float] | None
     program_scores: dict[str, float] | None
     program_scores_reason: str | None
+    program_scores_warning: str | None = None
     model: dict[str, Any]
     error: str | None = None
 
@@ -87,42 +102,53 @@ class PatchOut(BaseModel):
     threads=CONFIG.threads,
     traffic={"timeout": 120, "max_concurrency": 256},
     http={"cors": {"enabled": False}},
+    # the gate counts requests by route template and logs each request once (services/security.py):
+    # BentoML's own metrics label every requested path, and its access log writes every path
+    metrics={"enabled": False},
+    logging={"access": {"enabled": False}},
 )
 class RgopsService:
     """Feature extraction (CAE @alias) and image generation (GAN generator @alias)."""
 
     def __init__(self) -> None:
+        import torch
+
         self.config = CONFIG
-        serving.load_api_keys()  # refuse to start without authentication configured
+        load_api_keys()  # refuse to start without authentication configured
+        RETRY_AFTER_S[0] = self.config.retry_after_s
+        torch.set_num_threads(self.config.torch_thread_count())
         self.device = self.config.torch_device()
+        self._bound_registry_retries()
         resolve, load = serving.registry_source(device=self.device)
         self.cae = serving.ModelSlot(serving.CAE_MODEL, self.config.alias, resolve, load)
         self.gan = serving.ModelSlot(serving.GAN_MODEL, self.config.alias, resolve, load)
-        self._reload_all()
-        self._stop = threading.Event()
-        if self.config.reload_poll_s > 0:
-            threading.Thread(target=self._poll, name="rgops-alias-poll", daemon=True).start()
+        self.reloader = serving.Reloader([self.cae, self.gan], self.config.reload_poll_s,
+                                         self.config.reload_timeout_s)
+        HEALTH[:] = [self.health]
+        NEEDS_MODEL.update({"/extract": lambda: self.cae.current, "/extract_patches": lambda: self.cae.current,
+                            "/generate": lambda: self.gan.current})
+        self.reloader.start()  # models load in the background: the probes answer at once
 
-    def _reload_all(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for slot in (self.cae, self.gan):
-            try:
-                changed = slot.refresh()
-                out[slot.name] = {"version": slot.current.version, "changed": changed}
-            except serving.RgopsError as exc:  # keep serving the loaded version
-                slot.last_error = str(exc)
-                log.warning("%s@%s not (re)loaded: %s", slot.name, slot.alias, exc)
-                out[slot.name] = {"version": slot.current.version if slot.ready else None,
-                                  "changed": False, "error": str(exc)}
-        return out
+    def _bound_registry_retries(self) -> None:
+        """MLflow's HTTP client retries for about 4.5 min by default; this process talks to the registry
+        only to reload models, so bound it here (an operator's own setting wins)."""
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(self.config.registry_retries))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(self.config.registry_timeout_s))))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")  # MLflow reads an int
 
-    def _poll(self) -> None:
-        while not self._stop.wait(self.config.reload_poll_s):
-            self._reload_all()
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """``/readyz``: ready when every model is loaded; each model's version and last reload error."""
+        slots = (self.cae, self.gan)
+        return all(s.ready for s in slots), {"models": {s.name: s.status() for s in slots}}
+
+    def _model(self, slot: serving.ModelSlot) -> serving.ServedModel:
+        model = slot.current
+        note_model(model.name, model.version)
+        return model
 
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
-        self._stop.set()
+        self.reloader.stop()
 
     def __is_ready__(self) -> bool:
         return self.cae.ready and self.gan.ready
@@ -146,36 +172,50 @@ class RgopsService:
     ) -> dict[str, Any]:
         """DICOM (a CT series with its SEG, or one CT slice and a box) or a .npy of ready patches ->
         the imaging biomarker: the mean latent over the tumour's slices (patch contract v2)."""
-        model = self.cae.current
-        blobs = [(p.name, p.read_bytes()) for p in files]
+        model = self._model(self.cae)
+        limits = self.config.limits
+        # the gate checked names and sizes; BentoML spooled each file to disk: read them from there
+        blobs = [(p.suffix.lower(), p) for p in files]
         genes = None
         if profile is not None:
             genes = serving.normalise_profile(model.panel, profile, impute).genes
         arrays = [b for _, b in blobs if serving.is_npy(b)]
         if len(blobs) == 1 and arrays:
-            patches = serving.read_npy_patches(arrays[0], model.image_size, self.config.max_batch_size)
+            patches = serving.read_npy_patches(arrays[0], model.image_size, limits.max_patches)
             g = None if genes is None else genes.repeat(len(patches), axis=0)
             feats = serving.encode(model, patches, g, serving.check_scale(model, mm_per_px, len(patches)))
             return {"request_id": current_request_id(), "model": model.describe(),
                     "patches": [feats.row(i) for i in range(len(patches))]}
-        mask = serving.read_npy_mask(arrays) if arrays else None
-        datasets = serving.read_dicom_upload([x for x in blobs if not serving.is_npy(x[1])], self.config.max_files)
-        patches, provenance = serving.patch_from_dicom(datasets, model.spec, box=box, mask2d=mask)
-        g = None if genes is None else genes.repeat(len(patches), axis=0)
-        scale = serving.check_scale(model, [s["mm_per_px"] for s in provenance["slices"]], len(patches))
-        feats = serving.encode(model, patches, g, scale)
-        out = {"request_id": current_request_id(), "model": model.describe(),
-               **feats.mean(model.program_head).row(0), "patch": provenance}
-        if per_slice:
-            out["slices"] = [feats.row(i) for i in range(len(patches))]
-        return out
+        mask = serving.read_npy_mask(arrays, limits.max_side) if arrays else None
+        datasets = serving.read_dicom_upload([x for x in blobs if not serving.is_npy(x[1])], limits)
+        return {"request_id": current_request_id(),
+                **serving.extract_dicom(model, datasets, genes, box=box, mask2d=mask, per_slice=per_slice)}
+
+    @bentoml.api(route="/extract_study")
+    @maps_errors
+    def extract_study(
+        self,
+        study_uid: str = Field(description="StudyInstanceUID of a study on the configured PACS (RGOPS_PACS_URL)"),
+        series_uid: str | None = Field(default=None, description="the CT series to use (default: the one its "
+                                       "SEG references)"),
+        store: bool = Field(default=False, description="store the result in the study as a DICOM SR (STOW-RS)"),
+    ) -> dict[str, Any]:
+        """A study on the PACS (DICOMweb: QIDO-RS, WADO-RS) -> the ``/extract`` answer; with ``store``,
+        the biomarker goes back to the study as a TID 1500 SR (STOW-RS)."""
+        from rgops import pacs
+
+        model = self._model(self.cae)
+        out = pacs.extract_study(pacs.connect(), study_uid, lambda ds: serving.extract_dicom(model, ds),
+                                 series_uid=series_uid, store=store, max_instances=self.config.limits.max_files)
+        return {"request_id": current_request_id(), **out}
 
     @bentoml.api(route="/extract_patches", batchable=True, max_batch_size=CONFIG.max_batch_size,
                  max_latency_ms=CONFIG.max_latency_ms)
     def extract_patches(self, patches: list[PatchIn]) -> list[PatchOut]:
         """Ready patches -> features, one result per patch (adaptive batching across requests)."""
-        return serving.encode_items(self.cae.current, [(p.pixels, p.profile, p.mm_per_px) for p in patches],
-                                    PatchOut)
+        model = self.cae.current
+        items = [(p.pixels if p.pixels is not None else p.pixels_b64, p.profile, p.mm_per_px) for p in patches]
+        return serving.encode_items(model, items, PatchOut)
 
     # -- generation --------------------------------------------------------------------------
 
@@ -186,17 +226,15 @@ class RgopsService:
         profile: dict[str, float | None] | None = Field(default=None, description="gene -> raw expression"),
         profile_tsv: str | None = Field(default=None, description="genes.tsv text: gene_symbol + sample column(s)"),
         sample: str | None = Field(default=None, description="which sample column of profile_tsv"),
-        n_samples: int = Field(default=1, description="images to generate"),
-        seed: int = 0,
+        n_samples: int = Field(default=1, ge=1, le=CONFIG.max_samples, description="images to generate"),
+        seed: int = Field(default=0, ge=0, le=SEED_MAX, description="generator seed, 0 .. 2^64 - 1"),
         impute: bool = Field(default=False, description="fill missing genes with training means"),
         dicom: bool = Field(default=False, description="also return DICOM Secondary Capture objects"),
         traverse_genes: list[str] | None = Field(
             default=None, description="genes of one program: also return a traversal strip over them"),
     ) -> dict[str, Any]:
         """A gene-expression profile -> PNG images (base64), optionally DICOM SC and a traversal strip."""
-        from rgops.errors import GeneTableError
-
-        model = self.gan.current
+        model = self._model(self.gan)
         if (profile is None) == (profile_tsv is None):
             raise GeneTableError("send exactly one of 'profile' (JSON map gene -> value) or 'profile_tsv'")
         raw = profile if profile is not None else serving.profile_from_tsv(profile_tsv or "", sample)
@@ -224,20 +262,38 @@ class RgopsService:
     @bentoml.api(route="/metadata")
     @maps_errors
     def metadata(self) -> dict[str, Any]:
-        """Model cards, gene panels and patch contract of the served models."""
+        """Model cards, gene panels and patch contract of the served models, and each one's reload state."""
         import torch
 
         return {"request_id": current_request_id(),
                 "runtime": {"device": self.device, "torch_threads": torch.get_num_threads(),
                             "server_threads": self.config.threads, "max_batch_size": self.config.max_batch_size},
-                "models": {s.name: (s.current.metadata() if s.ready else {"error": s.last_error})
+                "models": {s.name: {**(s.current.metadata() if s.ready else {}), "reload": s.status()}
                            for s in (self.cae, self.gan)}}
 
     @bentoml.api(route="/admin/reload")
     @maps_errors
     def reload(self) -> dict[str, Any]:
-        """Load the versions the aliases point at now; requests in flight finish on the old ones."""
-        return {"request_id": current_request_id(), "models": self._reload_all()}
+        """Load the versions the aliases point at now (waits at most serve.reload_timeout_s); requests in
+        flight finish on the old ones."""
+        return {"request_id": current_request_id(), "models": self.reloader.reload_now()}
 
 
-RgopsService.add_asgi_middleware(RgopsGate, max_body_bytes=CONFIG.max_request_bytes)
+def _route_fields(service: Any) -> dict[str, RouteFields]:
+    """Each API route and its fields (file fields: those typed ``Path``), for the gate's multipart checks."""
+    out = {}
+    for api in service.apis.values():
+        fields = api.input_spec.model_fields
+        files = frozenset(k for k, f in fields.items() if "Path" in str(f.annotation))
+        out[api.route] = RouteFields(files, frozenset(fields) - files)
+    return out
+
+
+RgopsService.add_asgi_middleware(
+    RgopsGate,
+    limits=BodyLimits(CONFIG.max_request_bytes, min(CONFIG.max_json_bytes, CONFIG.max_request_bytes),
+                      CONFIG.max_json_depth,
+                      CONFIG.max_filename_chars, CONFIG.max_files + 32),
+    routes=_route_fields(RgopsService),
+    metrics_require_key=CONFIG.metrics_require_key,
+)

@@ -119,7 +119,23 @@ def to_hu(ds: Dataset, name: str) -> np.ndarray:
     pixels = decode_pixels(ds, name)
     if pixels.ndim != 2:
         raise DicomError(f"{name!r} has pixel data of shape {pixels.shape}; expected one 2-D CT slice")
-    return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        if keyword in ds:
+            try:
+                value = float(ds.get(keyword))
+            except (TypeError, ValueError, OverflowError):
+                value = float("nan")
+            if not np.isfinite(value) or (keyword == "RescaleSlope" and value == 0):
+                raise DicomError(f"{name!r}: {keyword} is not a finite number (a slope must not be 0); "
+                                 "Hounsfield units cannot be computed: re-export the file")
+    try:
+        hu = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:
+        raise DicomError(f"{name!r}: the modality LUT cannot be applied ({type(exc).__name__}); re-export the "
+                         "file with RescaleSlope/RescaleIntercept") from None
+    if not np.isfinite(hu).all():
+        raise DicomError(f"{name!r}: Hounsfield units are not finite; check RescaleSlope/RescaleIntercept")
+    return hu
 
 
 @dataclass(frozen=True)
@@ -166,9 +182,18 @@ class CTSeries:
 
 def _float_list(ds: Dataset, keyword: str, n: int, name: str) -> np.ndarray:
     value = ds.get(keyword)
-    if value is None or len(value) != n:
-        raise DicomError(f"{name!r} lacks {keyword} ({n} numbers expected, got {value!r}); a CT slice needs it")
-    return np.asarray([float(v) for v in value], dtype=np.float64)
+    values = [value] if isinstance(value, (str, bytes, int, float)) else value
+    try:
+        if values is None or len(values) != n:
+            raise ValueError
+        out = np.asarray([float(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        got = "nothing" if value is None else f"{len(values) if hasattr(values, '__len__') else 1} value(s)"
+        raise DicomError(f"{name!r}: {keyword} must be {n} numbers, got {got} that are not; a CT slice "
+                         "needs it: re-export the file") from None
+    if not np.isfinite(out).all():
+        raise DicomError(f"{name!r}: {keyword} holds a non-finite number; expected {n} finite numbers")
+    return out
 
 
 def ct_series(datasets: Sequence[Dataset], names: Sequence[str] | None = None) -> CTSeries:
@@ -302,7 +327,7 @@ def segmentation_mask(seg_ds: Dataset, series: CTSeries, name: str = "SEG",
         seg = hd.seg.Segmentation.from_dataset(seg_ds, copy=False)
         numbers = list(segment_numbers) if segment_numbers is not None else list(seg.segment_numbers)
         source = [(s, se, sop) for s, se, sop in seg.get_source_image_uids()]
-    except (ValueError, AttributeError, KeyError, TypeError) as exc:
+    except (ValueError, AttributeError, KeyError, TypeError, IndexError, NotImplementedError) as exc:
         raise SegmentationError(f"{name!r} is not a readable DICOM SEG ({type(exc).__name__}: {exc})") from None
     mask = np.zeros(series.hu.shape, dtype=np.uint8)
     other_series = sorted({se for _, se, _ in source if se != series.series_uid})
@@ -323,7 +348,7 @@ def segmentation_mask(seg_ds: Dataset, series: CTSeries, name: str = "SEG",
             frames = seg.get_pixels_by_source_instance(
                 source_sop_instance_uids=sop_uids, segment_numbers=numbers, combine_segments=True,
                 skip_overlap_checks=True)
-        except (ValueError, KeyError, IndexError, RuntimeError) as exc:
+        except (ValueError, KeyError, IndexError, RuntimeError, TypeError, AttributeError) as exc:
             raise SegmentationError(f"{name!r}: frames cannot be mapped to the CT ({exc})") from None
         for uid, frame in zip(sop_uids, frames):
             mask[series.index_of(uid)] |= (np.asarray(frame) > 0).astype(np.uint8)

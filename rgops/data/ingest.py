@@ -48,6 +48,8 @@ from rgops.data.dicom import (
 )
 from rgops.data.patch import PatchSpec
 from rgops.data.genomics import GeneTable, read_clinical, read_gene_table
+from rgops.data.provenance import ORIGIN_FILE, cohort_origin
+from rgops.data.study import pick_referenced
 from rgops.data.pseudonym import load_key, pseudonymize
 from rgops.errors import (
     CohortError,
@@ -207,7 +209,9 @@ def extract_patches(hu: np.ndarray, mask: np.ndarray, pixel_spacing_mm: float, s
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    # a DICOMDIR (media index, e.g. a series copied from a CD) is not an instance
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                  and p.name.upper() != "DICOMDIR")
 
 
 def _instance_row(pseudo_id: str, ds: Dataset) -> dict[str, Any]:
@@ -307,20 +311,15 @@ def ingest_patient(patient_dir: str | Path, config: IngestConfig, key: bytes) ->
     result.instances += [_instance_row(pid, ds) for ds in segs_de]
 
     # the SEG decides which series is the tumour's; a lone series is checked by the SEG itself
-    series_uids = {str(dss[0].get("SeriesInstanceUID", "")) for dss, _ in series_de}
-    seg_idx = next((i for i, s in enumerate(segs_de) if referenced_series_uids(s) & series_uids), 0)
+    # (the same choice serving makes for an uploaded or PACS study: rgops.data.study)
+    seg_idx, chosen = pick_referenced([str(dss[0].get("SeriesInstanceUID", "")) for dss, _ in series_de], segs_de)
     seg = segs_de[seg_idx]
     if len(segs_de) > 1:
         log.info("patient %s has %d SEG files; using the first that references one of its CT series",
                  pid, len(segs_de))
-    refs = referenced_series_uids(seg)
-    chosen = [s for s in series_de if str(s[0][0].get("SeriesInstanceUID", "")) in refs] if refs else []
-    if not chosen:
-        if len(series_de) == 1:
-            chosen = series_de
-        else:
-            return _skip(result, "bad_seg", f"the SEG references none of the {len(series_de)} CT series")
-    dss, names = chosen[0]
+    if chosen is None:
+        return _skip(result, "bad_seg", f"the SEG references none of the {len(series_de)} CT series")
+    dss, names = series_de[chosen]
     try:
         series = ct_series(dss, names)
     except DicomDecodeError as exc:
@@ -617,6 +616,7 @@ def assemble_cohort(plan: CohortPlan, results: Iterable[PatientResult], out: str
         Datasets.load(tmp)  # the contract check, before anything replaces ``out``
         report.seconds = time.perf_counter() - t0
         (tmp / "ingest_report.json").write_text(json.dumps(report.to_json(), indent=2))
+        (tmp / ORIGIN_FILE).write_text(json.dumps(cohort_origin(plan.cohort, len(plan.seen)), indent=2))
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

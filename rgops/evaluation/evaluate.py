@@ -268,14 +268,18 @@ def _equal_dim(sets: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
 
 def fit_program_head(latent: np.ndarray, targets: np.ndarray, names: Sequence[str],
                      cfg: EvaluateConfig) -> dict[str, Any]:
-    """A linear map raw latent -> program scores for serving (``rgops.serving.ProgramHead`` JSON).
+    """A linear map raw latent -> program scores for serving (:class:`rgops.models.program_head.ProgramHead`
+    JSON, checked by building the head).
 
     Ridge with the penalty chosen by inner CV, fitted on standardised latents of *training*
     patients and folded back to raw-latent coefficients: ``scores = latent @ coef.T + intercept``.
     """
     fit = A.fit_ridge(latent, targets, alphas=cfg.alphas, inner_splits=cfg.inner_splits, seed=cfg.seed)
+    from rgops.models.program_head import ProgramHead
+
     coef, intercept = fit.raw_coefficients()
-    return {"names": list(names), "coef": coef.tolist(), "intercept": intercept.tolist()}
+    return ProgramHead(tuple(names), np.asarray(coef, dtype=np.float64),
+                       np.asarray(intercept, dtype=np.float64)).to_json()
 
 
 # --- GAN -----------------------------------------------------------------------------------------

@@ -19,12 +19,16 @@ from rgops.errors import (
     GeneMismatchError,
     GeneTableError,
     IntegrityError,
+    LimitExceeded,
     RegistryError,
+    ServiceUnavailable,
     ShapeError,
 )
 from rgops.export import to_secondary_capture
 from rgops.models.cae import CAEConfig, ConditionalAE
 from rgops.models.gan import GANConfig, Generator
+from rgops.models.program_head import ProgramHead
+from rgops.serving.config import UploadLimits
 
 GENES = ("EGFR", "KRAS", "TP53", "MYC", "VIM", "HIF1A")
 S = 16
@@ -75,7 +79,7 @@ def test_encode_matches_direct_module_call(cae: serving.ServedModel) -> None:
 
 
 def test_program_head_scores_are_the_linear_map(cae: serving.ServedModel) -> None:
-    head = serving.ProgramHead(("hypoxia", "emt"), np.arange(8.0).reshape(2, 4), np.array([0.5, -1.0]))
+    head = ProgramHead(("hypoxia", "emt"), np.arange(8.0).reshape(2, 4), np.array([0.5, -1.0]))
     model = serving.ServedModel(cae.name, cae.version, cae.alias, cae.kind, cae.module, cae.panel, program_head=head)
     x = np.zeros((1, 1, S, S), np.float32)
     feats = serving.encode(model, x)
@@ -131,10 +135,10 @@ def test_read_dicom_upload_files_and_zip() -> None:
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("a/1.dcm", blob)
         zf.writestr("a/2.dcm", blob)
-    out = serving.read_dicom_upload([("x.dcm", blob), ("s.zip", buf.getvalue())], max_files=10)
+    out = serving.read_dicom_upload([("x.dcm", blob), ("s.zip", buf.getvalue())], UploadLimits(max_files=10))
     assert len(out) == 3 and all(isinstance(d, pydicom.Dataset) for d in out)
-    with pytest.raises(DicomError, match="at most 2"):
-        serving.read_dicom_upload([("s.zip", buf.getvalue()), ("x.dcm", blob)], max_files=2)
+    with pytest.raises(LimitExceeded, match="at most 2"):
+        serving.read_dicom_upload([("s.zip", buf.getvalue()), ("x.dcm", blob)], UploadLimits(max_files=2))
 
 
 @pytest.mark.parametrize("data, why", [
@@ -145,12 +149,12 @@ def test_read_dicom_upload_files_and_zip() -> None:
 ])
 def test_read_dicom_upload_refuses_bad_bytes(data: bytes, why: str) -> None:
     with pytest.raises(DicomError, match=why):
-        serving.read_dicom_upload([("f", data)], max_files=10)
+        serving.read_dicom_upload([("f", data)], UploadLimits(max_files=10))
 
 
 def test_read_dicom_upload_refuses_nothing() -> None:
     with pytest.raises(DicomError, match="no files uploaded"):
-        serving.read_dicom_upload([], max_files=10)
+        serving.read_dicom_upload([], UploadLimits(max_files=10))
 
 
 # --- generation ---------------------------------------------------------------------------------
@@ -226,7 +230,7 @@ def test_model_slot_swaps_when_the_alias_moves(panel: GenePanel) -> None:
         return serving.ServedModel(name, version, a, "cae", _cae(panel, seed=int(version)), panel)
 
     slot = serving.ModelSlot("rgops-cae", "champion", lambda n, a: alias.get(a), load)
-    with pytest.raises(RegistryError, match="no model loaded"):
+    with pytest.raises(ServiceUnavailable, match="no model loaded"):
         slot.current  # noqa: B018
     assert slot.refresh() and slot.current.version == "1"
     held = slot.current  # a request in flight keeps its model
@@ -279,16 +283,18 @@ def test_model_slot_reads_are_never_blocked_by_a_reload(panel: GenePanel) -> Non
 
 
 def test_api_keys_from_env_and_file(tmp_path) -> None:  # noqa: ANN001
+    from services.security import load_api_keys
+
     f = tmp_path / "keys"
     f.write_text("# ops\nfile-key-0123456789abcdef\n\n")
-    keys = serving.load_api_keys({"RGOPS_API_KEYS": "env-key-0123456789abcdef, ", "RGOPS_API_KEYS_FILE": str(f)})
+    keys = load_api_keys({"RGOPS_API_KEYS": "env-key-0123456789abcdef, ", "RGOPS_API_KEYS_FILE": str(f)})
     assert keys == (b"env-key-0123456789abcdef", b"file-key-0123456789abcdef")
     with pytest.raises(ConfigError, match="no API keys"):
-        serving.load_api_keys({})
+        load_api_keys({})
     with pytest.raises(ConfigError, match="shorter than 16"):
-        serving.load_api_keys({"RGOPS_API_KEYS": "short"})
+        load_api_keys({"RGOPS_API_KEYS": "short"})
     with pytest.raises(ConfigError, match="cannot be read"):
-        serving.load_api_keys({"RGOPS_API_KEYS_FILE": str(tmp_path / "absent")})
+        load_api_keys({"RGOPS_API_KEYS_FILE": str(tmp_path / "absent")})
 
 
 def test_serve_config_from_params() -> None:
@@ -319,7 +325,7 @@ def test_npy_patches(cae: serving.ServedModel) -> None:
     data = buf.getvalue()
     assert serving.is_npy(data) and not serving.is_npy(_dicom_bytes())
     assert serving.read_npy_patches(data, S, 4).shape == (2, 1, S, S)
-    with pytest.raises(ShapeError, match="at most 1"):
+    with pytest.raises(LimitExceeded, match="at most"):
         serving.read_npy_patches(data, S, 1)
     obj = io.BytesIO()
     np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)

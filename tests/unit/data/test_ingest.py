@@ -142,7 +142,7 @@ def test_no_planted_identifier_in_any_output_byte_or_log(ingested):
     raw_slice = next((ingested["cohort"] / "ct" / IDS[0]).glob("*/*.dcm")).read_bytes().lower()
     assert sum(s.lower().encode() in raw_slice for s in needles) >= 15  # the search does find PHI
     files = [p for p in ingested["out"].rglob("*") if p.is_file()]
-    assert len(files) == 9  # the 8 data files and patch_spec.json
+    assert len(files) == 10  # the 8 data files, patch_spec.json and cohort_origin.json
     blobs = {p.name: p.read_bytes().lower() for p in files}
     for name in ("manifest.parquet", "clinical.parquet", "instances.parquet", "genes.parquet"):
         blobs[name + " (decoded)"] = pd.read_parquet(ingested["out"] / name).to_csv().lower().encode()

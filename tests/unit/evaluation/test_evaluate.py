@@ -143,7 +143,7 @@ def test_too_few_patients_is_refused_with_the_minimum(cohort):
 
 def test_program_head_is_a_serving_linear_map(result):
     from rgops.evaluation.evaluate import fit_program_head
-    from rgops.serving import ProgramHead
+    from rgops.models.program_head import ProgramHead
 
     res, _ = result
     head = ProgramHead.from_json(res.program_heads["ae"])

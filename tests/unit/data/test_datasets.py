@@ -1,0 +1,64 @@
+"""GenePanel.normalise: one vectorised conversion, the same output as converting column by column."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rgops.data.datasets import GenePanel
+from rgops.errors import GeneMismatchError, GeneTableError
+
+GENES = tuple(f"G{j}" for j in range(50))
+
+
+def _panel() -> GenePanel:
+    rng = np.random.default_rng(0)
+    return GenePanel(GENES, rng.uniform(1, 3, len(GENES)), rng.uniform(0.5, 1.5, len(GENES)), n_train=10)
+
+
+def _per_column(panel: GenePanel, frame: pd.DataFrame) -> np.ndarray:
+    """The former implementation's conversion (pd.to_numeric column by column), as the reference."""
+    values = frame.reindex(columns=list(panel.genes)).apply(pd.to_numeric, errors="raise").to_numpy(np.float64)
+    logged = np.where(np.isnan(values), panel.mean[None, :], np.log2(values + 1.0))
+    return ((logged - panel.mean[None, :]) / panel.std[None, :]).astype(np.float32)
+
+
+CASES = {
+    "floats": {g: 1.5 * j for j, g in enumerate(GENES)},
+    "ints": {g: j for j, g in enumerate(GENES)},
+    "numeric strings": {g: f"{j}.25" for j, g in enumerate(GENES)},
+    "mixed with None and NaN": {g: (None if j % 7 == 0 else float("nan") if j % 11 == 0 else str(j) if j % 2 else j)
+                                for j, g in enumerate(GENES)},
+    "extra genes": {**{g: 2.0 for g in GENES}, "NOT_IN_PANEL": 5.0},
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_vectorised_matches_per_column(name: str) -> None:
+    panel = _panel()
+    raw = CASES[name]
+    series = pd.Series(raw, dtype="object")
+    got = panel.normalise(series, impute=True)
+    want = _per_column(panel, series.to_frame().T)
+    assert got.dtype == np.float32 and got.shape == (1, len(GENES))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_frame_of_many_samples_and_missing_genes() -> None:
+    panel = _panel()
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(rng.uniform(0, 100, (7, len(GENES) - 3)), columns=list(GENES[3:]))
+    got = panel.normalise(frame, impute=True)
+    np.testing.assert_array_equal(got, _per_column(panel, frame))
+    np.testing.assert_array_equal(got[:, :3], 0.0)  # imputed with the training mean: z = 0
+    with pytest.raises(GeneMismatchError, match="lacks 3 of the model's 50 genes"):
+        panel.normalise(frame)
+
+
+@pytest.mark.parametrize("value, why", [("abc", "not a number"), (-1.0, "negative"), (float("inf"), "infinite")])
+def test_bad_values_refused(value: object, why: str) -> None:
+    raw = {g: 1.0 for g in GENES}
+    raw["G7"] = value  # type: ignore[assignment]
+    with pytest.raises(GeneTableError, match=why):
+        _panel().normalise(raw)
