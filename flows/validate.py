@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from rgops.config import load_params
 from rgops.errors import ConfigError, DataValidationError
 from rgops.validation import ValidateConfig, ValidationReport, validate_cohort, validate_datasets, write_json
-from rgops.validation.version import data_version
+from rgops.lineage import data_version
 
 ARTIFACT_KEY = "data-validation"
 

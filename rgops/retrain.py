@@ -14,7 +14,6 @@ own it; a run is reaped only when that process is gone from this host.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import socket
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from rgops.errors import DataValidationError, PromotionRefused
+from rgops.lineage import cohort_fingerprint
 from rgops.training.run import TrainedModel, owner_tags, train_and_log
 
 if TYPE_CHECKING:
@@ -100,18 +100,6 @@ class IngestOutcome:
     cached: bool
     fingerprint: str
     report: dict[str, Any] = field(default_factory=dict)
-
-
-def cohort_fingerprint(cohort: str | Path, params: Mapping[str, Any]) -> str:
-    """SHA-256 over every cohort file (path and bytes) and the ``ingest`` params: the cache key."""
-    root = Path(cohort)
-    h = hashlib.sha256(json.dumps(params.get("ingest") or {}, sort_keys=True).encode())
-    for p in sorted(q for q in root.rglob("*") if q.is_file()):
-        h.update(str(p.relative_to(root)).encode())
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def cached_ingest(cohort: str | Path, out: str | Path, params: Mapping[str, Any], fingerprint: str | None = None
@@ -319,7 +307,8 @@ def gate_step(candidate: Candidate, champion: ChampionRecord, params: Mapping[st
     both numbers (``None`` when every gate passed). The caller decides when to raise it, so one
     model's refusal does not stop the other's promotion.
     """
-    from rgops.registry import PromoteConfig, Registry, evaluate_gates
+    from rgops.promotion import PromoteConfig, evaluate_gates
+    from rgops.registry import Registry
 
     reg = Registry(tracking_uri)
     info = reg.version(candidate.name, candidate.version)
@@ -342,7 +331,7 @@ def gate_step(candidate: Candidate, champion: ChampionRecord, params: Mapping[st
 
 def gates_markdown(reports: Mapping[str, Mapping[str, Any]]) -> str:
     """The gate reports (as JSON) as one markdown document: the metric table vs the champion."""
-    from rgops.registry import GateReport
+    from rgops.promotion import GateReport
 
     return "\n\n".join(GateReport.from_json(r).to_markdown() for _, r in sorted(reports.items()))
 
@@ -366,9 +355,9 @@ def promote_step(candidate: Candidate, approved: bool, reviewer: str, comment: s
 
 def reap_orphan_runs(tracking_uri: str | None = None, experiment: str = "rgops") -> list[str]:
     """Mark runs whose owning process on this host is gone as FAILED; return their ids."""
-    from rgops.registry import Registry
+    from rgops import tracking
 
-    return Registry(tracking_uri).reap_orphan_runs(experiment, socket.gethostname())
+    return tracking.reap_orphan_runs(tracking.make_client(tracking_uri), experiment, socket.gethostname())
 
 
 __all__ = ["Candidate", "ChampionRecord", "IngestOutcome", "PromotionRefused", "TrainedModel", "ValidationOutcome",

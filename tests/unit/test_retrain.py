@@ -5,23 +5,8 @@ from __future__ import annotations
 import os
 
 from rgops.errors import PromotionRefused
-from rgops.registry import GateReport, GateResult
-from rgops.retrain import cohort_fingerprint, gates_markdown, owner_tags, refusal_error
-
-
-def test_fingerprint_changes_with_bytes_names_and_ingest_params(tmp_path):
-    (tmp_path / "ct").mkdir()
-    (tmp_path / "ct" / "a.dcm").write_bytes(b"one")
-    (tmp_path / "genes.tsv").write_text("gene_symbol\tP1\n")
-    params = {"ingest": {"patch_size": 64}}
-    base = cohort_fingerprint(tmp_path, params)
-    assert base == cohort_fingerprint(tmp_path, {"ingest": {"patch_size": 64}})
-    assert base != cohort_fingerprint(tmp_path, {"ingest": {"patch_size": 128}})
-    (tmp_path / "ct" / "a.dcm").write_bytes(b"two")
-    changed = cohort_fingerprint(tmp_path, params)
-    assert changed != base
-    (tmp_path / "ct" / "a.dcm").rename(tmp_path / "ct" / "b.dcm")
-    assert cohort_fingerprint(tmp_path, params) != changed
+from rgops.promotion import GateReport, GateResult
+from rgops.retrain import gates_markdown, owner_tags, refusal_error
 
 
 def test_refusals_are_joined_and_absent_when_all_passed():
