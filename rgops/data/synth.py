@@ -721,3 +721,13 @@ def synth_config(params: str | Path | None = None, **overrides: Any) -> SynthCon
         data.update(section)
     data.update({k: v for k, v in overrides.items() if v is not None})
     return from_dict(SynthConfig, data, "synth")
+
+
+def check_params(params: dict[str, Any]) -> SynthConfig:
+    """Read the ``synth`` section of a params mapping (unknown keys and wrong types refused)."""
+    from rgops.config import from_dict
+
+    data = params.get("synth") or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"params section 'synth' must be a mapping, got {type(data).__name__}")
+    return from_dict(SynthConfig, data, "synth")
