@@ -21,8 +21,12 @@ log = logging.getLogger(__name__)
 
 GENE_COLUMN = "gene_symbol"
 CLINICAL_ID = "patient_id"
+#: The documented clinical.csv schema (docs/architecture.md), defined here once: ingest keeps these
+#: columns and drops any other (a free-text column may carry names), validation checks them.
 CLINICAL_COLUMNS = ("patient_id", "age", "sex", "smoking_status", "pack_years", "histology",
                     "egfr_status", "kras_status", "survival_months", "event")
+CLINICAL_CATEGORICAL = ("sex", "smoking_status", "histology", "egfr_status", "kras_status")
+CLINICAL_NUMERIC = ("age", "pack_years", "survival_months", "event")
 #: PS3.15 / HIPAA safe harbour: ages over 89 are reported as 90.
 AGE_CAP = 90
 
@@ -123,7 +127,9 @@ def read_gene_table(path: str | Path) -> GeneTable:
 def read_clinical(path: str | Path) -> pd.DataFrame:
     """Read clinical.csv: one row per patient, keyed by the source ``patient_id``.
 
-    Ages above 89 are capped at 90 (safe harbour). Returns the table indexed by ``patient_id``.
+    Ages above 89 are capped at 90 (safe harbour). Columns outside the documented schema
+    (:data:`CLINICAL_COLUMNS`) are dropped, never copied, and their number logged. Returns the table
+    indexed by ``patient_id``.
 
     Raises:
         CohortError: missing file, missing ``patient_id`` column, empty or duplicate ids.
@@ -140,6 +146,12 @@ def read_clinical(path: str | Path) -> pd.DataFrame:
     if ids.duplicated().any():
         rows = (np.flatnonzero(ids.duplicated().to_numpy()) + 2).tolist()[:10]
         raise CohortError(f"clinical table {str(p)!r} repeats a patient_id (file lines {rows}); one row per patient")
+    extra = [c for c in df.columns if c not in CLINICAL_COLUMNS]
+    if extra:
+        # Only the count: a column outside the schema may be free text, and its header is not ours to log.
+        log.warning("clinical table: dropped %d column(s) outside the documented schema %s", len(extra),
+                    list(CLINICAL_COLUMNS))
+        df = df.drop(columns=extra)
     df = df.assign(**{CLINICAL_ID: ids}).set_index(CLINICAL_ID)
     if "age" in df.columns:
         age = pd.to_numeric(df["age"], errors="coerce")

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from rgops.config import to_dict
+from rgops.data.genomics import CLINICAL_COLUMNS
 from rgops.data.idc_reference import load_reference
 from rgops.data.phantom import Geometry, Scanner, Tumour, render
 from rgops.errors import CohortError, ConfigError
@@ -65,8 +66,6 @@ PHENOTYPE_DRIVER: dict[str, str] = {
     "spiculation": "emt",
     "ggo_fraction": "egfr_signalling",
 }
-CLINICAL_COLUMNS: tuple[str, ...] = ("patient_id", "age", "sex", "smoking_status", "pack_years", "histology",
-                                     "egfr_status", "kras_status", "survival_months", "event")
 
 # Real marker genes first in each module (published signatures: proliferation, hallmark hypoxia,
 # EMT, EGFR/MAPK output, cytotoxic T cells, interferon response); the rest of a module and the

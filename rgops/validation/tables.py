@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rgops.data.genomics import CLINICAL_CATEGORICAL, CLINICAL_NUMERIC
 from rgops.data.pseudonym import pseudonymize, pseudonymous_uid
 from rgops.errors import CohortError
 
@@ -300,8 +301,6 @@ def gene_tables(path: str | Path, key: bytes) -> tuple[pd.DataFrame, pd.DataFram
     return genes, sample_table
 
 
-CLINICAL_CATEGORICAL = ("sex", "smoking_status", "histology", "egfr_status", "kras_status")
-CLINICAL_NUMERIC = ("age", "pack_years", "survival_months", "event")
 
 
 def clinical_table(path: str | Path, key: bytes) -> pd.DataFrame:
