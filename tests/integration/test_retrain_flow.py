@@ -1,60 +1,21 @@
 """flows/retrain.py for real: Prefect's test harness, a real MLflow SQLite store, a tiny synthetic cohort.
 
-Each test owns its tracking store. The cohort has 16 patients and `split_seed: 7`, which gives 8
-training and 8 held-out patients under the test pseudonymisation key (enough for 2-fold CV).
+The first retrain is the session's shared trained registry (``trained_registry`` in tests/conftest.py);
+a test that changes a registry works on its own copy or store. The cohort has 16 patients and
+`split_seed: 7`, which gives 8 training and 8 held-out patients under the test pseudonymisation key.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
-@pytest.fixture(scope="module")
-def retrain_env(tmp_path_factory):
-    """(cohort, params path) for the retrain tests; cwd moved out of the repository meanwhile."""
-    from tests.conftest import build_cohort
-
-    root = tmp_path_factory.mktemp("retrain")
-    cohort = build_cohort(root, n_patients=16)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["ingest"].update(split_fractions=[0.5, 0.25, 0.25], split_seed=7)
-    params["evaluate"] = {"n_splits": 2, "inner_splits": 2}
-    gan = params["train"]["gan"]["presets"]
-    cae = params["train"]["cae"]["presets"]
-    # "good" trains the GAN for 40 steps; "worse" leaves it at its initialisation (lr ~ 0): its
-    # Frechet distance is far above the champion's, beyond the tolerance.
-    gan["good"] = {**gan["tiny"], "epochs": 10, "batch_size": 2, "lr_g": 0.002, "lr_d": 0.002}
-    gan["worse"] = {**gan["tiny"], "epochs": 1, "lr_g": 1e-9, "lr_d": 1e-9}
-    cae["good"] = cae["worse"] = cae["tiny"]
-    params["promote"].update(
-        floors={"cae.cv_r2.mean": -100.0, "gan.frechet": 10000.0, "gan.cond_consistency": -1.0},
-        tolerance={"cae.cv_r2.mean": 1.0, "gan.frechet": 10.0, "gan.cond_consistency": 1.0})
-    path = root / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    old = Path.cwd()
-    os.chdir(root)  # MLflow's embedded artifact root and any key file land here, not in the repo
-    try:
-        yield cohort, path
-    finally:
-        os.chdir(old)
 
 
 def _run(env, tmp_path, uri, **kw):
@@ -65,25 +26,32 @@ def _run(env, tmp_path, uri, **kw):
                    tracking_uri=uri, return_state=True, **kw)
 
 
-def test_retrain_twice_champion_then_refused(prefect_harness, retrain_env, tmp_path):
+def test_retrain_twice_champion_then_refused(trained_registry, retrain_env, tmp_path, monkeypatch):
     from rgops.errors import PromotionRefused
     from rgops.registry import Registry
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    first = _run(retrain_env, tmp_path, uri, preset="good", approval="auto")
-    assert first.is_completed(), first.message
-    assert first.result()["promoted"] == {"cae": "1", "gan": "1"}
-    reg = Registry(uri)
+    first = trained_registry  # the first retrain (preset good), run once for the session
+    assert first.state.is_completed(), first.state.message
+    assert first.state.result()["promoted"] == {"cae": "1", "gan": "1"}
+    reg = Registry(first.uri)
     assert reg.aliases("rgops-gan") == {"champion": "1", "challenger": "1"}
     v1 = reg.version("rgops-gan", 1)
     assert v1.tags["decision"] == "approved" and v1.tags["rgops.gates"] == "passed"
     assert len(v1.tags["rgops.weights_sha256"]) == 64 and v1.tags["rgops.git_commit"]
     assert v1.tags["rgops.validation"] == "passed" and v1.tags["rgops.validation.data_digest"] == v1.tags["rgops.data_digest"]
+    _assert_no_identifier_left(retrain_env[0], first.store)
+    _assert_champion_cae_serves_program_scores(reg, first.uri)
+    # The retrain's evaluation metrics are run metrics of each model's training run (MLflow compares versions).
+    from mlflow import MlflowClient
+
+    run = MlflowClient(first.uri).get_run(reg.version("rgops-cae", 1).run_id)
+    assert "cae.probe_r2.primary" in run.data.metrics and "gan.frechet" in run.data.metrics
+
+    uri = first.copy_to(tmp_path)  # the second retrain changes the registry: a private copy of it
+    monkeypatch.chdir(tmp_path)
     patches = tmp_path / "work" / "datasets" / "patches.npy"
     ingested_at = patches.stat().st_mtime_ns
-    _assert_no_identifier_left(retrain_env[0], tmp_path)
-    _assert_champion_cae_serves_program_scores(reg, uri)
-
+    reg = Registry(uri)
     second = _run(retrain_env, tmp_path, uri, preset="worse", approval="auto")
     assert second.is_failed()
     with pytest.raises(PromotionRefused, match=r"rgops-gan version 2 not promoted: gate vs_champion\[gan.frechet\]: "
@@ -147,9 +115,10 @@ def _answer_pauses(decisions, stop, seen):
             time.sleep(1)
 
 
-def test_manual_approval_pauses_and_resumes_with_input(prefect_harness, retrain_env, tmp_path):
+def test_manual_approval_pauses_and_resumes_with_input(prefect_harness, retrain_env, tmp_path, monkeypatch):
     from rgops.registry import Registry
 
+    monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     decisions = {"approve-rgops-cae-1": {"approve": True, "reviewer": "dr-ada", "comment": "latents look sane"},
                  "approve-rgops-gan-1": {"approve": False, "reviewer": "dr-ada", "comment": "samples too blurry"}}
