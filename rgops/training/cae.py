@@ -177,11 +177,7 @@ def train_cae(datasets: Datasets, config: CAEConfig, train_cfg: CAETrainConfig, 
     train, val = _cae_splits(datasets, config, dev)
     run_model = maybe_compile(wrap_ddp(model, dev), train_cfg.compile, dev)
     log_to = tracker if rank == 0 else None
-    if log_to is not None:
-        log_to.log_params({**flat_params("model", header["model_config"]),
-                           **flat_params("train", header["train_config"]),
-                           "kind": "cae", "n_train": len(train), "n_val": len(val)})
-        log_to.set_tags(system_tags(dev, world))
+    _log_start(log_to, header, len(train), len(val), dev, world)
     grid = _grid_batch(val if len(val) else train, train_cfg.grid_size, dev)
     total = len(_cae_batches(train, train_cfg, 0, rank, world)) * train_cfg.epochs
     last_ckpt: Path | None = None
@@ -190,12 +186,7 @@ def train_cae(datasets: Datasets, config: CAEConfig, train_cfg: CAETrainConfig, 
         t0 = time.perf_counter()
         batches = _cae_batches(train, train_cfg, loop.epoch, rank, world)
         for b in range(loop.batch, len(batches)):
-            x, g = train.batch(batches[b], dev)
-            s, t = train.side(batches[b], dev)
-            x = augment(x, train_cfg.augment, step_generator(train_cfg.seed, rank, loop.step, dev))
-            loop.sums += cae_step(run_model, opt, x, g, s, t, train_cfg.aux_weight, dev) * len(x)
-            loop.seen += len(x)
-            loop.step += 1
+            _train_batch(loop, train, batches[b], run_model, opt, train_cfg, dev, rank)
             if progress is not None:
                 progress(loop.step, total)
             if train_cfg.checkpoint_every and loop.step % train_cfg.checkpoint_every == 0 and b + 1 < len(batches):
@@ -212,6 +203,26 @@ def train_cae(datasets: Datasets, config: CAEConfig, train_cfg: CAETrainConfig, 
     final = unwrap(model).to("cpu", memory_format=torch.contiguous_format).eval()
     return TrainResult("cae", final, config, train_cfg, loop.history, dict(loop.history[-1]) if loop.history else {},
                        loop.step, None, last_ckpt)
+
+
+def _train_batch(loop: LoopState, train: SplitData, idx: torch.Tensor, model: nn.Module, opt: torch.optim.Optimizer,
+                 cfg: CAETrainConfig, dev: torch.device, rank: int) -> None:
+    """One step on rows ``idx`` (augmented with the step's own generator), added to the epoch's sums."""
+    x, g = train.batch(idx, dev)
+    s, t = train.side(idx, dev)
+    x = augment(x, cfg.augment, step_generator(cfg.seed, rank, loop.step, dev))
+    loop.sums += cae_step(model, opt, x, g, s, t, cfg.aux_weight, dev) * len(x)
+    loop.seen += len(x)
+    loop.step += 1
+
+
+def _log_start(tracker: Tracker | None, header: dict[str, Any], n_train: int, n_val: int, dev: torch.device,
+               world: int) -> None:
+    if tracker is not None:
+        tracker.log_params({**flat_params("model", header["model_config"]),
+                            **flat_params("train", header["train_config"]),
+                            "kind": "cae", "n_train": n_train, "n_val": n_val})
+        tracker.set_tags(system_tags(dev, world))
 
 
 def _cae_splits(datasets: Datasets, config: CAEConfig, dev: torch.device) -> tuple[SplitData, SplitData]:

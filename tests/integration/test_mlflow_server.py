@@ -50,5 +50,6 @@ def test_train_against_mlflow_server(mlflow_server, train_datasets_dir, monkeypa
     uri = run.data.tags["rgops.model_uri"]
     loaded = load_logged_model(uri)
     x, g = torch.rand(2, 1, 64, 64) * 2 - 1, torch.randn(2, 12)
+    s = torch.zeros(2)  # log2 mm per pixel: the CAE reads the patch scale (patch contract v2)
     with torch.no_grad():
-        assert torch.equal(loaded.module(x, g), mlflow.pytorch.load_model(uri).eval()(x, g))
+        assert torch.equal(loaded.module(x, g, s), mlflow.pytorch.load_model(uri).eval()(x, g, s))
