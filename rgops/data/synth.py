@@ -645,42 +645,56 @@ def generate_cohort(
     clinical = sample_clinical(config, patients)
     n = len(patients)
     instances = 0
-    series = 0
     for i, p in enumerate(patients.itertuples(index=False)):
-        c = clinical.iloc[i]
-        phi = _phi(config, i, p.patient_id, int(c["age"]), str(c["sex"]))
-        geom = Geometry(config.image_size, int(p.n_slices), config.pixel_spacing_mm, float(p.slice_thickness_mm))
-        tumour = Tumour(*(float(getattr(p, name)) for name in ("diameter_mm", "spiculation", "ggo_fraction",
-                                                                 "necrosis", "heterogeneity", "attenuation_hu")))
-        hu, mask = render(geom, tumour, Scanner(float(p.blur_mm), float(p.noise_hu)),
-                          np.random.default_rng([config.seed, _S_RENDER, i]))
-        datasets = _ct_datasets(config, i, p, phi, hu)
-        series_dir = out / "ct" / p.patient_id / datasets[0].SeriesInstanceUID
-        series_dir.mkdir(parents=True)
-        for ds in datasets:
-            ds.save_as(series_dir / _file_name(ds.SOPInstanceUID), enforce_file_format=True)
-        instances += len(datasets)
-        series += 1
-        if config.write_seg and mask.any():
-            seg = _seg_dataset(config, p, phi, datasets, mask)
-            seg_dir = out / "ct" / p.patient_id / "seg"
-            seg_dir.mkdir()
-            seg.save_as(seg_dir / _file_name(seg.SOPInstanceUID), enforce_file_format=True)
-            instances += 1
-        elif config.write_seg:
-            log.warning("patient %s: tumour fell outside the volume, no SEG written", p.patient_id)
+        instances += _write_patient(out, config, i, p, clinical.iloc[i])
         if progress is not None:
             progress(i + 1, n)
+    series = n  # one CT series per patient
+    _write_tables(out, truth, config, patients, clinical)
+    for folder in (out, truth):
+        (folder / _IN_PROGRESS).unlink()
+    seconds = time.perf_counter() - t0
+    log.info("synthetic cohort: %d patients, %d series, %d instances, %d genes in %.1f s -> %s (truth %s)",
+             n, series, instances, config.n_genes, seconds, out, truth)
+    return {"patients": n, "series": series, "instances": instances, "genes": config.n_genes,
+            "seconds": round(seconds, 2), "out": str(out), "truth_out": str(truth)}
 
+
+def _write_patient(out: Path, config: SynthConfig, i: int, p: Any, clinical_row: pd.Series) -> int:
+    """Render patient ``i`` and write its CT series (and SEG); returns the number of instances written."""
+    phi = _phi(config, i, p.patient_id, int(clinical_row["age"]), str(clinical_row["sex"]))
+    geom = Geometry(config.image_size, int(p.n_slices), config.pixel_spacing_mm, float(p.slice_thickness_mm))
+    tumour = Tumour(*(float(getattr(p, name)) for name in ("diameter_mm", "spiculation", "ggo_fraction",
+                                                             "necrosis", "heterogeneity", "attenuation_hu")))
+    hu, mask = render(geom, tumour, Scanner(float(p.blur_mm), float(p.noise_hu)),
+                      np.random.default_rng([config.seed, _S_RENDER, i]))
+    datasets = _ct_datasets(config, i, p, phi, hu)
+    series_dir = out / "ct" / p.patient_id / datasets[0].SeriesInstanceUID
+    series_dir.mkdir(parents=True)
+    for ds in datasets:
+        ds.save_as(series_dir / _file_name(ds.SOPInstanceUID), enforce_file_format=True)
+    if config.write_seg and mask.any():
+        seg = _seg_dataset(config, p, phi, datasets, mask)
+        seg_dir = out / "ct" / p.patient_id / "seg"
+        seg_dir.mkdir()
+        seg.save_as(seg_dir / _file_name(seg.SOPInstanceUID), enforce_file_format=True)
+        return len(datasets) + 1
+    if config.write_seg:
+        log.warning("patient %s: tumour fell outside the volume, no SEG written", p.patient_id)
+    return len(datasets)
+
+
+def _write_tables(out: Path, truth: Path, config: SynthConfig, patients: pd.DataFrame, clinical: pd.DataFrame
+                  ) -> None:
+    """genes.tsv, clinical.csv and cohort.json into the cohort; the ground truth into ``truth``."""
     z = patients[list(PROGRAMS)].to_numpy()
     genes = sample_expression(config, z, list(patients["patient_id"]))
     genes.to_csv(out / "genes.tsv", sep="\t", index=False, float_format="%.3f", na_rep="", lineterminator="\n")
     clinical.to_csv(out / "clinical.csv", index=False, lineterminator="\n")
     (out / "cohort.json").write_text(json.dumps({
-        "format": COHORT_FORMAT, "generator": GENERATOR, "seed": config.seed, "n_patients": n,
+        "format": COHORT_FORMAT, "generator": GENERATOR, "seed": config.seed, "n_patients": len(patients),
         "n_genes": config.n_genes, "config": to_dict(config),
     }, indent=2) + "\n")
-
     _, modules = gene_modules(config)
     (truth / "ground_truth.json").write_text(json.dumps({
         "format": "rgops-truth/1", "generator": GENERATOR, "seed": config.seed,
@@ -689,14 +703,6 @@ def generate_cohort(
     }, indent=2) + "\n")
     cols = ["patient_id", *PROGRAMS, *PHENOTYPES, "site"]
     patients[cols].to_csv(truth / "patients.csv", index=False, float_format="%.6g", lineterminator="\n")
-
-    for folder in (out, truth):
-        (folder / _IN_PROGRESS).unlink()
-    seconds = time.perf_counter() - t0
-    log.info("synthetic cohort: %d patients, %d series, %d instances, %d genes in %.1f s -> %s (truth %s)",
-             n, series, instances, config.n_genes, seconds, out, truth)
-    return {"patients": n, "series": series, "instances": instances, "genes": config.n_genes,
-            "seconds": round(seconds, 2), "out": str(out), "truth_out": str(truth)}
 
 
 def synth_config(params: str | Path | None = None, **overrides: Any) -> SynthConfig:

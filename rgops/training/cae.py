@@ -151,8 +151,7 @@ def train_cae(datasets: Datasets, config: CAEConfig, train_cfg: CAETrainConfig, 
         datasets: the loaded datasets; only ``train`` rows are trained on, ``val`` rows evaluated.
         config: the model config (its image size and gene count must match ``datasets``).
         train_cfg: the training preset.
-        tracker: receives params, per-epoch metrics, reconstruction grids and loss curves
-            (rank 0 only under DDP).
+        tracker: receives params, per-epoch metrics, reconstructions, loss curves (rank 0 under DDP).
         device: ``auto`` (default), ``cpu``, ``cuda`` or a torch.device.
         checkpoint_dir: where ``last.pt`` is written every ``checkpoint_every`` steps and each epoch.
         resume: continue from ``checkpoint_dir/last.pt``.
