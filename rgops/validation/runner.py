@@ -429,14 +429,8 @@ def validate_cohort(cohort: Path, config: ValidateConfig, out_dir: Path | None =
     """
     from rgops.data.pseudonym import load_key
 
-    t0 = time.perf_counter()
-    tables = cohort_tables(cohort, key if key is not None else load_key(), progress)
-    built = time.perf_counter() - t0
-    report = validate_tables(tables, config, "cohort", COHORT_SUITES, out_dir, suite_dir)
-    report.seconds["build"] = round(built, 4)
-    log.info("validated cohort: %d critical failure(s), %d warning(s)", len(report.critical_failures),
-             len(report.warnings))
-    return report
+    return _build_and_validate(lambda: cohort_tables(cohort, key if key is not None else load_key(), progress),
+                               config, "cohort", COHORT_SUITES, out_dir, suite_dir)
 
 
 def validate_datasets(datasets: Path, config: ValidateConfig, out_dir: Path | None = None, *,
@@ -446,12 +440,19 @@ def validate_datasets(datasets: Path, config: ValidateConfig, out_dir: Path | No
     Raises:
         DatasetError: the folder lacks files or its arrays do not line up.
     """
+    return _build_and_validate(lambda: datasets_tables(datasets), config, "datasets", DATASETS_SUITES, out_dir,
+                               suite_dir)
+
+
+def _build_and_validate(build: Any, config: ValidateConfig, target: str, suites: tuple[str, ...],
+                        out_dir: Path | None, suite_dir: Path | None) -> ValidationReport:
+    """Build the tables (timed as ``seconds["build"]``) and run the target's suites on them."""
     t0 = time.perf_counter()
-    tables = datasets_tables(datasets)
+    tables = build()
     built = time.perf_counter() - t0
-    report = validate_tables(tables, config, "datasets", DATASETS_SUITES, out_dir, suite_dir)
+    report = validate_tables(tables, config, target, suites, out_dir, suite_dir)
     report.seconds["build"] = round(built, 4)
-    log.info("validated datasets: %d critical failure(s), %d warning(s)", len(report.critical_failures),
+    log.info("validated %s: %d critical failure(s), %d warning(s)", target, len(report.critical_failures),
              len(report.warnings))
     return report
 
