@@ -180,9 +180,6 @@ def imaging_tables(cohort: str | Path, key: bytes, progress: Progress | None = N
     Raises:
         CohortError: the cohort has no ``ct/`` folder.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     ct = Path(cohort) / "ct"
     if not ct.is_dir():
         raise CohortError(f"cohort {str(cohort)!r} has no ct/ folder; expected ct/<PatientID>/<SeriesUID>/*.dcm "
@@ -193,42 +190,13 @@ def imaging_tables(cohort: str | Path, key: bytes, progress: Progress | None = N
     seg_rows: list[dict[str, Any]] = []
     unreadable = 0
     for done, pdir in enumerate(patients, 1):
-        seg_headers = []
-        sop_to_series: dict[str, str] = {}
-        patient_series: dict[str, dict[str, Any]] = {}
-        for sdir in sorted(d for d in pdir.iterdir() if d.is_dir()):
-            for f in sorted(sdir.glob("*.dcm")):
-                try:
-                    ds = pydicom.dcmread(f, stop_before_pixels=True)
-                except (InvalidDicomError, OSError, ValueError) as exc:
-                    unreadable += 1
-                    log.warning("skipped an unreadable DICOM file (%s) in one patient folder", type(exc).__name__)
-                    continue
-                if sdir.name == "seg":
-                    seg_headers.append(ds)
-                    continue
-                row = header_row(ds, key, fallback_patient_id=pdir.name)
-                images.append(row)
-                raw_series = str(ds.get("SeriesInstanceUID", ""))
-                sop_to_series[str(ds.get("SOPInstanceUID", ""))] = raw_series
-                entry = patient_series.setdefault(raw_series, {"row": row, "files": []})
-                z = ds.get("ImagePositionPatient")
-                order = _float(z[2]) if z is not None and len(z) == 3 else _int(ds.get("InstanceNumber"))
-                entry["files"].append((order if order is not None else 0.0, f))
+        seg_headers, sop_to_series, patient_series, bad = _read_patient_headers(pdir, key, images)
+        unreadable += bad
         counts: dict[str, int] = {uid: 0 for uid in patient_series}
         for seg in seg_headers:
-            removed = str(seg.get("PatientIdentityRemoved", "")).upper() == "YES"
-            ref = _referenced_series(seg, sop_to_series)
-            own = ref in patient_series
-            if own:
-                counts[ref] += 1
-            seg_rows.append({
-                "pseudo_id": _patient_pseudo(str(seg.get("PatientID", "") or pdir.name), removed, key),
-                "modality": str(seg.get("Modality", "")),
-                "referenced_series_uid": _uid(ref, removed, key),
-                "references_own_series": own,
-                "n_frames": _int(seg.get("NumberOfFrames")) or 0,
-            })
+            seg_rows.append(_seg_row(seg, pdir.name, sop_to_series, patient_series, key))
+            if seg_rows[-1]["references_own_series"]:
+                counts[_referenced_series(seg, sop_to_series)] += 1
         for uid, entry in patient_series.items():
             files = [f for _, f in sorted(entry["files"], key=lambda t: t[0])]
             hu_min, hu_max = _hu_range(files[len(files) // 2])
@@ -245,6 +213,54 @@ def imaging_tables(cohort: str | Path, key: bytes, progress: Progress | None = N
     segs = pd.DataFrame(seg_rows, columns=["pseudo_id", "modality", "referenced_series_uid",
                                            "references_own_series", "n_frames"])
     return imaging, series, segs
+
+
+def _read_patient_headers(pdir: Path, key: bytes, images: list[dict[str, Any]]
+                          ) -> tuple[list[Any], dict[str, str], dict[str, dict[str, Any]], int]:
+    """Read one patient's headers: CT rows go to ``images``; returns ``(SEG headers, SOP -> series UID,
+    series UID -> {"row", "files": [(z order, path)]}, number of unreadable files)``."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    seg_headers: list[Any] = []
+    sop_to_series: dict[str, str] = {}
+    patient_series: dict[str, dict[str, Any]] = {}
+    unreadable = 0
+    for sdir in sorted(d for d in pdir.iterdir() if d.is_dir()):
+        for f in sorted(sdir.glob("*.dcm")):
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True)
+            except (InvalidDicomError, OSError, ValueError) as exc:
+                unreadable += 1
+                log.warning("skipped an unreadable DICOM file (%s) in one patient folder", type(exc).__name__)
+                continue
+            if sdir.name == "seg":
+                seg_headers.append(ds)
+                continue
+            row = header_row(ds, key, fallback_patient_id=pdir.name)
+            images.append(row)
+            raw_series = str(ds.get("SeriesInstanceUID", ""))
+            sop_to_series[str(ds.get("SOPInstanceUID", ""))] = raw_series
+            entry = patient_series.setdefault(raw_series, {"row": row, "files": []})
+            z = ds.get("ImagePositionPatient")
+            order = _float(z[2]) if z is not None and len(z) == 3 else _int(ds.get("InstanceNumber"))
+            entry["files"].append((order if order is not None else 0.0, f))
+    return seg_headers, sop_to_series, patient_series, unreadable
+
+
+def _seg_row(seg: Any, folder_name: str, sop_to_series: dict[str, str], patient_series: dict[str, Any],
+             key: bytes) -> dict[str, Any]:
+    """One row of the segmentations table: a SEG header, pseudonymised, and whether it references its
+    own patient's series."""
+    removed = str(seg.get("PatientIdentityRemoved", "")).upper() == "YES"
+    ref = _referenced_series(seg, sop_to_series)
+    return {
+        "pseudo_id": _patient_pseudo(str(seg.get("PatientID", "") or folder_name), removed, key),
+        "modality": str(seg.get("Modality", "")),
+        "referenced_series_uid": _uid(ref, removed, key),
+        "references_own_series": ref in patient_series,
+        "n_frames": _int(seg.get("NumberOfFrames")) or 0,
+    }
 
 
 def gene_tables(path: str | Path, key: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
