@@ -391,7 +391,7 @@ def datasets_tables(root: str | Path) -> dict[str, pd.DataFrame]:
     ``datasets_patches``: one row per patch (``pseudo_id, split, channels, side, min_value,
     max_value, n_nonfinite, gene_n_nonfinite, n_splits_of_patient``); min/max over finite values.
     ``datasets_genes``: one row per panel gene (``gene, train_mean, train_sd, n_nonfinite``),
-    statistics over finite train-split values (``ddof=0``). ``clinical`` from clinical.parquet,
+    statistics over finite train-split values, one per training patient (``ddof=0``). ``clinical`` from clinical.parquet,
     ``imaging`` and ``segmentations`` from instances.parquet (:func:`instance_tables`), when those
     files exist.
 
@@ -421,7 +421,11 @@ def datasets_tables(root: str | Path) -> dict[str, pd.DataFrame]:
         "gene_n_nonfinite": (~np.isfinite(ds.genes)).sum(axis=1),
         "n_splits_of_patient": manifest["pseudo_id"].map(n_splits).to_numpy(),
     })
-    train = ds.genes[ds.indices("train")].astype(np.float64)
+    # One row per training patient: the panel is fitted per patient (a patient has several slices, and
+    # weighing patients by their slice count moves the mean off 0 on a small cohort).
+    train_rows = ds.indices("train")
+    first = ~manifest["pseudo_id"].iloc[train_rows].duplicated().to_numpy()
+    train = ds.genes[train_rows[first]].astype(np.float64)
     train = np.where(np.isfinite(train), train, np.nan)
     with np.errstate(all="ignore"):
         import warnings

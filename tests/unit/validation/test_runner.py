@@ -275,3 +275,23 @@ def test_datasets_clean_passes_and_corruptions_are_caught(config, tmp_path):
 def test_datasets_folder_missing_files_is_a_typed_error(config, tmp_path):
     with pytest.raises(DatasetError, match="lacks"):
         validate_datasets(tmp_path, config)
+
+
+def test_gene_train_statistics_count_each_patient_once(config, tmp_path):
+    """A patient has several slices (patch contract v2): the train mean is over patients, as the panel
+    was fitted, so a patient with many slices does not move it off 0."""
+    root = _datasets(tmp_path / "slices")
+    manifest = pd.read_parquet(root / "manifest.parquet")
+    genes = pd.read_parquet(root / "genes.parquet")
+    patches = np.load(root / "patches.npy")
+    first = int(np.flatnonzero(manifest["split"].to_numpy() == "train")[0])
+    extra = [first] * 12  # 12 more slices of the first training patient, same gene row
+    manifest = pd.concat([manifest, manifest.iloc[extra]], ignore_index=True)
+    genes = pd.concat([genes, genes.iloc[extra]])
+    np.save(root / "patches.npy", np.concatenate([patches, patches[extra]]))
+    np.save(root / "masks.npy", (np.load(root / "patches.npy") > 0).astype(np.uint8))
+    manifest.to_parquet(root / "manifest.parquet")
+    genes.to_parquet(root / "genes.parquet")
+    assert abs(genes.iloc[np.flatnonzero(manifest["split"].to_numpy() == "train")].to_numpy().mean(0)).max() > 0.1
+    report = validate_datasets(root, config)
+    assert report.failed("datasets_genes") == [], report.summary()
