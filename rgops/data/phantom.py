@@ -194,15 +194,9 @@ def _scan(vol: np.ndarray, geom: Geometry, scanner: Scanner, rng: np.random.Gene
     return np.clip(np.rint(vol), HU_MIN, HU_MAX).astype(np.int16)
 
 
-def _draw_tumour(
-    vol: np.ndarray,
-    mask: np.ndarray,
-    t: Tumour,
-    geom: Geometry,
-    axes: tuple[np.ndarray, np.ndarray, np.ndarray],
-    lung: tuple[float, float, float, float],
-    rng: np.random.Generator,
-) -> None:
+def _draw_tumour(vol: np.ndarray, mask: np.ndarray, t: Tumour, geom: Geometry,
+                 axes: tuple[np.ndarray, np.ndarray, np.ndarray], lung: tuple[float, float, float, float],
+                 rng: np.random.Generator) -> None:
     z, y, x = axes
     lx, ly, lax, lay = lung
     side = rng.choice([-1.0, 1.0])
