@@ -439,6 +439,43 @@ PRIVATE_GROUP = 0x0009
 PRIVATE_CREATOR = "RGOPS SITE PACS"
 
 
+def _patient_study_modules(ds: Any, config: SynthConfig, i: int, p: Any, phi: _Phi) -> None:
+    """The attributes every slice of a patient's CT shares: patient (with planted PHI), study,
+    equipment and acquisition."""
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = phi.study_date
+    ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = phi.study_time
+    ds.AccessionNumber = phi.accession
+    ds.Modality = "CT"
+    ds.Manufacturer = p.manufacturer
+    ds.InstitutionName = phi.institution
+    ds.InstitutionAddress = phi.institution_address
+    ds.ReferringPhysicianName = phi.referring
+    ds.StationName = f"CT{1 + i % 3:02d}"
+    ds.StudyDescription = "CT CHEST WITH CONTRAST"
+    ds.SeriesDescription = f"{p.slice_thickness_mm:g}mm CHEST {p.kernel}"
+    ds.OperatorsName = phi.operator
+    ds.ManufacturerModelName = p.model
+    ds.PatientName = phi.name
+    ds.PatientID = p.patient_id
+    ds.PatientBirthDate = phi.birth_date
+    ds.PatientSex = phi.sex
+    ds.OtherPatientIDs = f"MRN{phi.mrn}"
+    ds.PatientAge = phi.age
+    ds.PatientAddress = phi.patient_address
+    ds.PatientTelephoneNumbers = phi.phone
+    ds.PatientComments = f"{phi.display}, DOB {phi.birth_date}, MRN {phi.mrn}; contrast allergy: none"
+    ds.BodyPartExamined = "CHEST"
+    ds.SliceThickness = f"{p.slice_thickness_mm:g}"
+    ds.KVP = "120"
+    ds.SpacingBetweenSlices = f"{p.slice_thickness_mm:g}"
+    ds.DataCollectionDiameter = f"{config.field_of_view_mm + 140:g}"
+    ds.ReconstructionDiameter = f"{config.field_of_view_mm:g}"
+    ds.ConvolutionKernel = p.kernel
+    ds.PatientPosition = "HFS"
+
+
 def _ct_datasets(config: SynthConfig, i: int, p: Any, phi: _Phi, hu: np.ndarray) -> list[Any]:
     """One pydicom Dataset per slice (CT Image Storage), slice k at z = -k * thickness."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -463,40 +500,9 @@ def _ct_datasets(config: SynthConfig, i: int, p: Any, phi: _Phi, hu: np.ndarray)
         meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         ds = Dataset()
         ds.file_meta = meta
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.SOPClassUID = CTImageStorage
         ds.SOPInstanceUID = sop_uid
-        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = phi.study_date
-        ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = phi.study_time
-        ds.AccessionNumber = phi.accession
-        ds.Modality = "CT"
-        ds.Manufacturer = p.manufacturer
-        ds.InstitutionName = phi.institution
-        ds.InstitutionAddress = phi.institution_address
-        ds.ReferringPhysicianName = phi.referring
-        ds.StationName = f"CT{1 + i % 3:02d}"
-        ds.StudyDescription = "CT CHEST WITH CONTRAST"
-        ds.SeriesDescription = f"{p.slice_thickness_mm:g}mm CHEST {p.kernel}"
-        ds.OperatorsName = phi.operator
-        ds.ManufacturerModelName = p.model
-        ds.PatientName = phi.name
-        ds.PatientID = p.patient_id
-        ds.PatientBirthDate = phi.birth_date
-        ds.PatientSex = phi.sex
-        ds.OtherPatientIDs = f"MRN{phi.mrn}"
-        ds.PatientAge = phi.age
-        ds.PatientAddress = phi.patient_address
-        ds.PatientTelephoneNumbers = phi.phone
-        ds.PatientComments = f"{phi.display}, DOB {phi.birth_date}, MRN {phi.mrn}; contrast allergy: none"
-        ds.BodyPartExamined = "CHEST"
-        ds.SliceThickness = f"{p.slice_thickness_mm:g}"
-        ds.KVP = "120"
-        ds.SpacingBetweenSlices = f"{p.slice_thickness_mm:g}"
-        ds.DataCollectionDiameter = f"{config.field_of_view_mm + 140:g}"
-        ds.ReconstructionDiameter = f"{config.field_of_view_mm:g}"
-        ds.ConvolutionKernel = p.kernel
-        ds.PatientPosition = "HFS"
+        _patient_study_modules(ds, config, i, p, phi)
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.StudyID = phi.study_id
