@@ -11,19 +11,11 @@ import shutil
 import pytest
 
 from rgops.errors import ConfigError, PromotionRefused, RegistryError, TrackingError
-from rgops.promotion import PromoteConfig, evaluate_gates
+from rgops.promotion import evaluate_gates
 from rgops.registry import CHALLENGER, CHAMPION, Decision, Registry, kind_of, model_name
 from rgops.tracking import reap_orphan_runs
+from tests.unit.test_promotion import CFG, DIGEST  # the gates' config of these tests
 
-CFG = PromoteConfig(
-    approval="auto",
-    require_validation=True,
-    floors={"cae.cv_r2.mean": 0.0, "gan.frechet": 100.0},
-    tolerance={"cae.cv_r2.mean": 0.05, "gan.frechet": 10.0},
-    higher_is_better=("cae.cv_r2.mean",),
-    lower_is_better=("gan.frechet",),
-)
-DIGEST = "d" * 64
 
 
 @pytest.fixture(scope="module")
