@@ -76,7 +76,8 @@ def _assert_champion_cae_serves_program_scores(reg, uri: str) -> None:
     model = load("rgops-cae", resolve("rgops-cae", "champion"), "champion")
     assert model.program_head is not None and len(model.program_head.names) >= 1
     patches = np.zeros((1, 1, model.image_size, model.image_size))
-    scores = serving.encode(model, patches).row(0)["program_scores"]
+    scale = np.zeros(1)  # log2 mm per pixel: the CAE reads the patch scale (patch contract v2)
+    scores = serving.encode(model, patches, scale=scale).row(0)["program_scores"]
     assert set(scores) == set(model.program_head.names) and all(np.isfinite(list(scores.values())))
 
 
