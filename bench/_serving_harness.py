@@ -28,7 +28,8 @@ def publish_champions(tracking_uri: str, seed: int = 0) -> dict[str, str]:
     from rgops.data.datasets import GenePanel
     from rgops.models.cae import CAEConfig, ConditionalAE
     from rgops.models.gan import GANConfig, Generator
-    from rgops.registry import Decision, PromoteConfig, Registry, evaluate_gates, kind_of
+    from rgops.promotion import PromoteConfig, evaluate_gates
+    from rgops.registry import Decision, Registry, kind_of
     from rgops.tracking import MlflowTracker, log_model, model_card
 
     torch.manual_seed(seed)

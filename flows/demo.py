@@ -103,13 +103,13 @@ def _check(response: httpx.Response, route: str) -> None:
 
 
 def _serve_and_call(result: DemoResult, cohort: Path, tracking_uri: str, port: int | None) -> None:
+    """Start the services on the champions, call /extract and /generate once each, stop them."""
     out = result.out
     key = secrets.token_urlsafe(32)
     key_file = out / "api-key"
     key_file.write_text(key + "\n")
     key_file.chmod(0o600)
     port = port or _free_port()
-    base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "RGOPS_API_KEYS_FILE": str(key_file),
            "BENTOML_HOME": str(out / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
     env.pop("RGOPS_API_KEYS", None)
@@ -119,48 +119,12 @@ def _serve_and_call(result: DemoResult, cohort: Path, tracking_uri: str, port: i
                                  "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
                                 stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        t0 = time.perf_counter()
-        with httpx.Client(base_url=base, timeout=120.0,
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120.0,
                           headers={"Authorization": f"Bearer {key}"}) as client:
-            deadline = time.monotonic() + 300
-            while True:
-                if proc.poll() is not None:
-                    raise RgopsError(f"bentoml serve exited with {proc.returncode}; see {server_log}")
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RgopsError(f"the services did not become ready in 300 s; see {server_log}")
-                time.sleep(1.0)
-            result.steps["serve: start"] = round(time.perf_counter() - t0, 1)
-
-            t0 = time.perf_counter()
-            study = _study_zip(cohort, out / "study.zip")
-            with open(study, "rb") as fh:
-                r = client.post("/extract", files={"files": ("study.zip", fh, "application/zip")})
-            _check(r, "/extract")
-            result.extract = r.json()
+            _step(result, "serve: start", lambda: _wait_ready(client, proc, server_log))
             (out / "responses").mkdir(exist_ok=True)
-            (out / "responses" / "extract.json").write_text(json.dumps(result.extract, indent=2))
-            result.steps["serve: extract"] = round(time.perf_counter() - t0, 1)
-
-            t0 = time.perf_counter()
-            # A real expression profile has a few missing values: ask for imputation with the training
-            # means, and the answer lists the genes it imputed.
-            r = client.post("/generate", json={"profile_tsv": _first_profile_tsv(cohort), "sample": "sample",
-                                               "n_samples": 4, "seed": 0, "dicom": True, "impute": True})
-            _check(r, "/generate")
-            gen = r.json()
-            for i, png in enumerate(gen["png"]):
-                (out / "responses" / f"generated_{i}.png").write_bytes(base64.b64decode(png))
-            for i, dcm in enumerate(gen.get("dicom", [])):
-                (out / "responses" / f"generated_{i}.dcm").write_bytes(base64.b64decode(dcm))
-            result.generate = {k: v for k, v in gen.items() if k not in ("png", "dicom")}
-            result.generate["n_png"] = len(gen["png"])
-            result.generate["n_dicom"] = len(gen.get("dicom", []))
-            result.steps["serve: generate"] = round(time.perf_counter() - t0, 1)
+            _step(result, "serve: extract", lambda: _call_extract(client, result, cohort))
+            _step(result, "serve: generate", lambda: _call_generate(client, result, cohort))
     finally:
         proc.terminate()
         try:
@@ -169,6 +133,46 @@ def _serve_and_call(result: DemoResult, cohort: Path, tracking_uri: str, port: i
             proc.kill()
     result.files["responses"] = str(out / "responses")
     result.files["server log"] = str(server_log)
+
+
+def _wait_ready(client: httpx.Client, proc: subprocess.Popen, server_log: Path, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RgopsError(f"bentoml serve exited with {proc.returncode}; see {server_log}")
+        try:
+            if client.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RgopsError(f"the services did not become ready in {timeout_s:.0f} s; see {server_log}")
+        time.sleep(1.0)
+
+
+def _call_extract(client: httpx.Client, result: DemoResult, cohort: Path) -> None:
+    study = _study_zip(cohort, result.out / "study.zip")
+    with open(study, "rb") as fh:
+        r = client.post("/extract", files={"files": ("study.zip", fh, "application/zip")})
+    _check(r, "/extract")
+    result.extract = r.json()
+    (result.out / "responses" / "extract.json").write_text(json.dumps(result.extract, indent=2))
+
+
+def _call_generate(client: httpx.Client, result: DemoResult, cohort: Path) -> None:
+    # A real expression profile has a few missing values: ask for imputation with the training
+    # means, and the answer lists the genes it imputed.
+    r = client.post("/generate", json={"profile_tsv": _first_profile_tsv(cohort), "sample": "sample",
+                                       "n_samples": 4, "seed": 0, "dicom": True, "impute": True})
+    _check(r, "/generate")
+    gen = r.json()
+    for i, png in enumerate(gen["png"]):
+        (result.out / "responses" / f"generated_{i}.png").write_bytes(base64.b64decode(png))
+    for i, dcm in enumerate(gen.get("dicom", [])):
+        (result.out / "responses" / f"generated_{i}.dcm").write_bytes(base64.b64decode(dcm))
+    result.generate = {k: v for k, v in gen.items() if k not in ("png", "dicom")}
+    result.generate["n_png"] = len(gen["png"])
+    result.generate["n_dicom"] = len(gen.get("dicom", []))
 
 
 def run_demo(out: str | Path = "demo-output", params_path: str | Path = "params.yaml", preset: str = "demo",

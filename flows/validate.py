@@ -1,9 +1,9 @@
 """Prefect flow: validate the data before anything trains on it.
 
-Resolves the data version (git revision + DVC hash of the validated folder), runs the expectation
-suites (:mod:`rgops.validation`), attaches the summary as a Markdown artifact (key
-``data-validation``) and fails the flow run when a critical expectation fails. Later flows call
-:func:`validate_flow` first.
+A thin shell over :func:`rgops.validation.validate_path` (the expectation suites plus the data
+version: git revision + DVC hash of the validated folder), the same step the CLI and the retrain flow
+run: it attaches the summary as a Markdown artifact (key ``data-validation``) and fails the flow run
+through :func:`rgops.validation.require_passed` when a critical expectation fails.
 
 Run: ``python -m flows.validate COHORT`` or ``python -m flows.validate --datasets DIR``.
 """
@@ -11,40 +11,26 @@ Run: ``python -m flows.validate COHORT`` or ``python -m flows.validate --dataset
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from rgops.config import load_params
-from rgops.errors import ConfigError, DataValidationError
-from rgops.validation import ValidateConfig, ValidationReport, validate_cohort, validate_datasets, write_json
-from rgops.validation.version import data_version
+from rgops.errors import ConfigError
+from rgops.validation import ValidateConfig, require_passed, validate_path
 
 ARTIFACT_KEY = "data-validation"
 
-
-@task(retries=2, retry_delay_seconds=2)
-def resolve_data_version(path: str) -> dict[str, Any]:
-    """Git revision and DVC hash of ``path`` (I/O on git and DVC files: retried)."""
-    return data_version(path)
-
-
-@task
-def run_validation(cohort: str | None, datasets: str | None, params: str, docs_out: str | None) -> ValidationReport:
-    """Run the suites on a raw cohort or a datasets folder."""
-    config = ValidateConfig.from_params(load_params(params))
-    docs = Path(docs_out) if docs_out else None
-    if cohort is not None:
-        return validate_cohort(Path(cohort), config, docs)
-    return validate_datasets(Path(datasets), config, docs)  # type: ignore[arg-type]
+validate_task = task(validate_path, name="validate")
 
 
 @flow(name="validate-data")
 def validate_flow(cohort: str | None = None, datasets: str | None = None, params: str = "params.yaml",
                   json_out: str | None = None, docs_out: str | None = None) -> dict[str, Any]:
-    """Validate a raw cohort (``cohort``) or an ingested datasets folder (``datasets``).
+    """Validate a raw cohort (``cohort``) or an ingested datasets folder (``datasets``):
+    :func:`rgops.validation.validate_path`, the report as a Markdown artifact, then
+    :func:`rgops.validation.require_passed`.
 
     Returns:
         The report as JSON (``ValidationReport.to_json()``), data version included.
@@ -56,18 +42,13 @@ def validate_flow(cohort: str | None = None, datasets: str | None = None, params
     """
     if (cohort is None) == (datasets is None):
         raise ConfigError(f"give exactly one of cohort or datasets; got cohort={cohort!r}, datasets={datasets!r}")
-    logger = get_run_logger()
-    version = resolve_data_version(cohort or datasets)  # type: ignore[arg-type]
-    report = run_validation(cohort, datasets, params, docs_out)
-    report.data_version = version
-    if json_out:
-        write_json(report, Path(json_out))
+    config = ValidateConfig.from_params(load_params(params))
+    report = validate_task(cohort or datasets, config, datasets=datasets is not None, docs_out=docs_out,
+                           json_out=json_out)
     create_markdown_artifact(key=ARTIFACT_KEY, markdown=report.to_markdown(),
                              description=f"data validation of {report.target} {cohort or datasets}")
-    logger.info(report.summary())
-    if not report.passed:
-        names = "; ".join(o.describe() for o in report.critical_failures)
-        raise DataValidationError(f"{len(report.critical_failures)} critical expectation(s) failed: {names}")
+    get_run_logger().info(report.summary())
+    require_passed(report)
     return report.to_json()
 
 

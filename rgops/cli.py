@@ -164,26 +164,20 @@ def validate_cmd(
 ) -> None:
     """Run the expectation suites; print a summary; exit 1 when a critical expectation fails."""
     from rgops.config import load_params
-    from rgops.errors import ConfigError, DataValidationError
-    from rgops.validation import ValidateConfig, validate_cohort, validate_datasets, write_json
+    from rgops.errors import ConfigError
+    from rgops.validation import ValidateConfig, require_passed, validate_path
 
     if (cohort is None) == (datasets is None):
         raise ConfigError("pass either a COHORT folder or --datasets DIR (exactly one); "
                           f"got cohort={cohort}, datasets={datasets}")
     config = ValidateConfig.from_params(load_params(params))
-    if cohort is not None:
-        with progress() as bar:
-            task = bar.add_task("validate: read headers", total=None)
-            report = validate_cohort(cohort, config, docs_out,
-                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
-    else:
-        report = validate_datasets(datasets, config, docs_out)  # type: ignore[arg-type]
-    if json_out is not None:
-        write_json(report, json_out)
+    with progress() as bar:
+        task = bar.add_task("validate: read headers", total=None)
+        report = validate_path(cohort or datasets, config, datasets=datasets is not None,  # type: ignore[arg-type]
+                               docs_out=docs_out, json_out=json_out,
+                               progress=lambda done, total: bar.update(task, completed=done, total=total))
     typer.echo(report.summary())
-    if not report.passed:
-        names = ", ".join(sorted({o.label for o in report.critical_failures}))
-        raise DataValidationError(f"{len(report.critical_failures)} critical expectation(s) failed: {names}")
+    require_passed(report)
 
 # --- training ------------------------------------------------------------------------------------
 
@@ -317,8 +311,10 @@ def retrain_cmd(
     """
     import importlib
 
+    from rgops.config import load_params
     from rgops.errors import ConfigError
 
+    load_params(params)  # the whole file, numbers included: refused here, before Prefect starts or anything trains
     if approval not in (None, "auto", "manual"):
         raise ConfigError(f"--approval got {approval!r}, expected auto or manual")
     if ingest_workers < 0:

@@ -22,12 +22,48 @@ T = TypeVar("T")
 
 DEFAULT_PARAMS = Path("params.yaml")
 
+#: Every top-level section of params.yaml and what reads it (``module:attribute``: a dataclass with
+#: ``from_params`` or a function of the whole mapping), imported only when a file is checked.
+SECTIONS = {
+    "synth": "rgops.data.synth:check_params",
+    "ingest": "rgops.data.ingest:IngestConfig",
+    "validate": "rgops.validation.suites:ValidateConfig",
+    "train": "rgops.training.presets:check_params",
+    "evaluate": "rgops.evaluation.evaluate:EvaluateConfig",
+    "promote": "rgops.promotion:PromoteConfig",
+    "serve": "rgops.serving:ServeConfig",
+}
 
-def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
-    """Read a params YAML file into a plain mapping.
+
+def check_params(params: dict[str, Any], source: str = "params") -> None:
+    """Read every section of a params mapping with its own reader, numbers included, so that a bad
+    value anywhere fails before any work starts (not after training, when the section is first read).
 
     Raises:
-        ConfigError: the file is missing or is not a YAML mapping.
+        ConfigError: an unknown section, or the first bad key of a section (the dotted key named).
+    """
+    import importlib
+
+    unknown = sorted(set(params) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {unknown}; params.yaml has the sections {sorted(SECTIONS)}")
+    for name, target in SECTIONS.items():
+        if name not in params:
+            continue
+        module, _, attr = target.partition(":")
+        reader = getattr(importlib.import_module(module), attr)
+        try:
+            reader.from_params(params) if hasattr(reader, "from_params") else reader(params)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS, check: bool = True) -> dict[str, Any]:
+    """Read a params YAML file into a plain mapping; with ``check`` (the default) every section is
+    read with its own reader first (:func:`check_params`), numbers included.
+
+    Raises:
+        ConfigError: the file is missing, is not a YAML mapping, or a value does not fit.
     """
     p = Path(path)
     if not p.is_file():
@@ -40,7 +76,21 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
         raise ConfigError(f"params file {str(p)!r} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"params file {str(p)!r} must hold a mapping at top level, got {type(data).__name__}")
+    if check:
+        check_params(data, f"params file {str(p)!r}")
     return data
+
+
+def _not_a_number(value: Any, where: str, expected: str) -> ConfigError:
+    hint = ""
+    if isinstance(value, str):
+        try:
+            float(value)
+            hint = (" (text, not a number: YAML reads an exponent without a sign, such as 1.0e9, as a string; "
+                    "write 1.0e+9 or the plain number)")
+        except ValueError:
+            pass
+    return ConfigError(f"{where}: expected {expected}, got {value!r}{hint}")
 
 
 def section(params: dict[str, Any], dotted: str) -> dict[str, Any]:
@@ -93,18 +143,19 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        item = args[1] if len(args) == 2 else Any
+        return {k: _coerce(v, item, f"{where}.{k}") for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true/false, got {value!r}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise _not_a_number(value, where, "an integer")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise _not_a_number(value, where, "a number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -8,11 +8,13 @@ stages: a new version gets ``@challenger``; ``@champion`` is what services load.
 single registry write, so a reader of ``models:/rgops-cae@champion`` sees the old or the new
 version, never a half-registered one.
 
-Promotion is decided by gates read from the ``promote:`` section of ``params.yaml``
-(:class:`PromoteConfig`): absolute floors per metric, "not worse than the current champion by more
-than a tolerance" on the same held-out split, and "data validation passed for the data version this
-model was trained on". A refused promotion raises :class:`~rgops.errors.PromotionRefused` naming
-the gate and both numbers.
+Promotion is decided by the pure gates of :mod:`rgops.promotion` (read from the ``promote:``
+section of ``params.yaml``); this module records their report on the version (:meth:`Registry.record_gates`,
+:meth:`Registry.refuse`) and moves the aliases. A refused promotion raises
+:class:`~rgops.errors.PromotionRefused` naming the gate and both numbers.
+
+Every MLflow call goes through :func:`rgops.tracking.mlflow_errors`, the one place MLflow's exceptions
+become rgops errors, on an explicit ``MlflowClient`` (:func:`rgops.tracking.make_client`).
 
 Decisions are recorded on the model version as tags ``decision``, ``approved_by``, ``approved_at``
 and ``comment``. Every alias move (promotion, rollback) and every decision is appended to the
@@ -36,30 +38,28 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from rgops.config import from_dict, section
-from rgops.errors import ConfigError, PromotionRefused, RegistryError, TrackingError
+from rgops.errors import PromotionRefused, RegistryError
+from rgops.promotion import KINDS, GateReport, model_name
+# Re-exported for callers written before the gates moved (tests/integration/test_services.py, being
+# rewritten on the serving branch); new code imports them from rgops.promotion.
+from rgops.promotion import PromoteConfig, evaluate_gates  # noqa: F401
+from rgops.tracking import make_client, mlflow_errors
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
-KINDS = ("cae", "gan")
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_PREFIX = "rgops.history."
 DECISIONS = ("pending", "approved", "rejected", "refused")
-
-
-def model_name(kind: str) -> str:
-    """The registered-model name of a model kind: ``cae`` -> ``rgops-cae``."""
-    if kind not in KINDS:
-        raise ConfigError(f"unknown model kind {kind!r}; expected one of {list(KINDS)}")
-    return f"rgops-{kind}"
 
 
 def kind_of(name: str) -> str:
@@ -81,213 +81,6 @@ def actor_name(name: str | None = None) -> str:
     if name:
         return name
     return os.environ.get("RGOPS_ACTOR") or os.environ.get("USER") or "unknown"
-
-
-# --- gates -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PromoteConfig:
-    """The ``promote:`` section of ``params.yaml``.
-
-    Attributes:
-        approval: ``auto`` promotes when every gate passes; ``manual`` waits for a person.
-        require_validation: refuse a model whose data version did not pass data validation.
-        floors: metric name -> absolute floor (a minimum for higher-is-better metrics, a maximum
-            for lower-is-better ones). Metric names carry their kind as prefix (``cae.``, ``gan.``).
-        tolerance: metric name -> how much worse than the champion (absolute, same held-out split)
-            the challenger may be.
-        higher_is_better: metrics where larger is better.
-        lower_is_better: metrics where smaller is better. Every gated metric must be in one list.
-    """
-
-    approval: Literal["auto", "manual"] = "auto"
-    require_validation: bool = True
-    floors: dict[str, float] = field(default_factory=dict)
-    tolerance: dict[str, float] = field(default_factory=dict)
-    higher_is_better: tuple[str, ...] = ()
-    lower_is_better: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        both = sorted(set(self.higher_is_better) & set(self.lower_is_better))
-        if both:
-            raise ConfigError(f"promote: metrics {both} are both higher_is_better and lower_is_better")
-        known = set(self.higher_is_better) | set(self.lower_is_better)
-        for where, table in (("floors", self.floors), ("tolerance", self.tolerance)):
-            for metric, value in table.items():
-                if metric not in known:
-                    raise ConfigError(
-                        f"promote.{where}.{metric}: the metric is in neither higher_is_better nor "
-                        "lower_is_better; add it to one of them"
-                    )
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                    raise ConfigError(f"promote.{where}.{metric}: expected a finite number, got {value!r}")
-                if where == "tolerance" and value < 0:
-                    raise ConfigError(f"promote.tolerance.{metric}: got {value}, expected >= 0")
-                if metric.split(".", 1)[0] not in KINDS:
-                    raise ConfigError(
-                        f"promote.{where}.{metric}: metric names start with the model kind "
-                        f"({', '.join(k + '.' for k in KINDS)})"
-                    )
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "PromoteConfig":
-        """Read the ``promote`` section of a params mapping."""
-        return from_dict(cls, section(dict(params), "promote"), "promote")
-
-    def higher(self, metric: str) -> bool:
-        return metric in self.higher_is_better
-
-
-@dataclass(frozen=True)
-class GateResult:
-    """One gate: its name, the metric, the challenger's and the reference number, the verdict."""
-
-    gate: str
-    metric: str
-    challenger: float | None
-    reference: float | None
-    passed: bool
-    detail: str
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class GateReport:
-    """Every gate evaluated for one challenger of one kind."""
-
-    kind: str
-    results: tuple[GateResult, ...]
-    champion_version: str | None = None
-
-    @property
-    def passed(self) -> bool:
-        return all(r.passed for r in self.results)
-
-    @property
-    def failed(self) -> tuple[GateResult, ...]:
-        return tuple(r for r in self.results if not r.passed)
-
-    def summary(self) -> str:
-        """One line per failed gate (or ``all N gates passed``)."""
-        if self.passed:
-            return f"all {len(self.results)} gates passed"
-        return "; ".join(r.detail for r in self.failed)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "champion_version": self.champion_version,
-                "passed": self.passed, "results": [r.to_json() for r in self.results]}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "GateReport":
-        return cls(data["kind"], tuple(GateResult(**r) for r in data["results"]), data.get("champion_version"))
-
-    def to_markdown(self) -> str:
-        """A table of gates for a Prefect artifact or a report."""
-        def fmt(v: float | None) -> str:
-            return "—" if v is None else f"{v:.4g}"
-        lines = [f"### Promotion gates, {model_name(self.kind)} "
-                 f"(champion: {self.champion_version or 'none'}) — {'PASSED' if self.passed else 'REFUSED'}",
-                 "", "| gate | metric | challenger | reference | result |", "| --- | --- | --- | --- | --- |"]
-        for r in self.results:
-            lines.append(f"| {r.gate} | {r.metric} | {fmt(r.challenger)} | {fmt(r.reference)} | "
-                         f"{'pass' if r.passed else 'FAIL'} |")
-        return "\n".join(lines)
-
-
-def evaluate_gates(
-    kind: str,
-    challenger: Mapping[str, float],
-    config: PromoteConfig,
-    *,
-    champion: Mapping[str, float] | None = None,
-    champion_version: str | None = None,
-    validation: str | None = None,
-    validated_digest: str | None = None,
-    data_digest: str | None = None,
-    champion_data_digest: str | None = None,
-) -> GateReport:
-    """Evaluate the promotion gates of one challenger.
-
-    Args:
-        kind: ``cae`` or ``gan``; only metrics named ``<kind>.*`` are gated.
-        challenger: the challenger's held-out metrics.
-        config: floors, tolerances and directions.
-        champion: the current champion's metrics on the same held-out split, or None when there
-            is no champion yet (then only floors and validation apply).
-        champion_version: the champion's version number, recorded in the report.
-        validation: the validation outcome recorded for the training data (``passed``/``failed``).
-        validated_digest: the data digest that validation ran on.
-        data_digest: the data digest the challenger was trained and evaluated on.
-        champion_data_digest: the data digest the champion metrics were measured on; when it
-            differs from ``data_digest`` the comparison gates fail (the numbers are not comparable).
-    """
-    results: list[GateResult] = []
-    if config.require_validation:
-        ok = validation == "passed" and data_digest is not None and validated_digest == data_digest
-        if validation != "passed":
-            detail = (f"gate data_validation: data validation is {validation or 'not recorded'!s} for "
-                      f"data {str(data_digest)[:12]}, expected 'passed'; run `rgops validate` on it first")
-        elif validated_digest != data_digest:
-            detail = (f"gate data_validation: validation ran on data {str(validated_digest)[:12]} but the "
-                      f"model was trained on {str(data_digest)[:12]}; validate the data it was trained on")
-        else:
-            detail = f"data validation passed for data {str(data_digest)[:12]}"
-        results.append(GateResult("data_validation", "rgops.validation", None, None, ok, detail))
-
-    prefix = f"{kind}."
-    for metric, floor in sorted(config.floors.items()):
-        if not metric.startswith(prefix):
-            continue
-        value = challenger.get(metric)
-        if value is None or not math.isfinite(float(value)):
-            results.append(GateResult("floor", metric, None, float(floor), False,
-                                      f"gate floor[{metric}]: challenger has no finite value "
-                                      f"(got {value!r}), floor is {floor:.4g}"))
-            continue
-        value = float(value)
-        ok = value >= floor if config.higher(metric) else value <= floor
-        rel = ">=" if config.higher(metric) else "<="
-        results.append(GateResult(
-            "floor", metric, value, float(floor), ok,
-            f"gate floor[{metric}]: challenger {value:.4g}, required {rel} {floor:.4g}"))
-
-    if champion is not None:
-        comparable = champion_data_digest is None or data_digest is None or champion_data_digest == data_digest
-        for metric, tol in sorted(config.tolerance.items()):
-            if not metric.startswith(prefix):
-                continue
-            value = challenger.get(metric)
-            ref = champion.get(metric)
-            if ref is None:
-                results.append(GateResult("vs_champion", metric, value, None, True,
-                                          f"champion {champion_version} has no {metric}; not compared"))
-                continue
-            ref = float(ref)
-            if not comparable:
-                results.append(GateResult(
-                    "vs_champion", metric, value, ref, False,
-                    f"gate vs_champion[{metric}]: champion {champion_version} was measured on data "
-                    f"{str(champion_data_digest)[:12]}, challenger on {str(data_digest)[:12]}; "
-                    "re-evaluate the champion on the same held-out split"))
-                continue
-            if value is None or not math.isfinite(float(value)):
-                results.append(GateResult("vs_champion", metric, None, ref, False,
-                                          f"gate vs_champion[{metric}]: challenger has no finite value "
-                                          f"(got {value!r}), champion {champion_version} has {ref:.4g}"))
-                continue
-            value = float(value)
-            if config.higher(metric):
-                ok, bound, rel = value >= ref - tol, ref - tol, ">="
-            else:
-                ok, bound, rel = value <= ref + tol, ref + tol, "<="
-            results.append(GateResult(
-                "vs_champion", metric, value, ref, ok,
-                f"gate vs_champion[{metric}]: challenger {value:.4g}, champion {champion_version} "
-                f"{ref:.4g}, required {rel} {bound:.4g} (tolerance {tol:.4g})"))
-    return GateReport(kind, tuple(results), champion_version)
 
 
 # --- registry ------------------------------------------------------------------------------------
@@ -356,44 +149,15 @@ class Registry:
 
     Args:
         tracking_uri: MLflow tracking/registry URI; defaults to ``rgops.tracking.resolve_tracking_uri()``.
+        client: an explicit ``MlflowClient`` to use instead (its tracking URI wins).
     """
 
-    def __init__(self, tracking_uri: str | None = None) -> None:
-        from mlflow import MlflowClient
+    def __init__(self, tracking_uri: str | None = None, client: MlflowClient | None = None) -> None:
+        self.client = client or make_client(tracking_uri)
+        self.tracking_uri: str = self.client.tracking_uri
 
-        if tracking_uri is None:
-            from rgops.tracking import resolve_tracking_uri
-
-            tracking_uri = resolve_tracking_uri()
-        self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-    # -- error translation ------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
-        from mlflow.exceptions import MlflowException
-
-        from rgops.tracking import is_unreachable
-
-        try:
-            yield
-        except (RegistryError, TrackingError):
-            raise
-        except MlflowException as exc:
-            if is_unreachable(exc):
-                raise TrackingError(
-                    f"{what}: the MLflow tracking server at {self.tracking_uri} is unreachable "
-                    f"({str(exc).splitlines()[0][:200]}); start it or set MLFLOW_TRACKING_URI, then retry"
-                ) from exc
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
-                raise RegistryError(f"{what}: {exc.message}") from exc
-            raise TrackingError(f"{what}: MLflow refused the request: {exc.message}") from exc
-        except OSError as exc:  # requests' ConnectionError derives from OSError
-            raise TrackingError(
-                f"{what}: the MLflow tracking server at {self.tracking_uri} is unreachable ({exc}); "
-                "start it or set MLFLOW_TRACKING_URI, then retry"
-            ) from exc
+    def _errors(self, what: str) -> contextlib.AbstractContextManager[None]:
+        return mlflow_errors(what, self.tracking_uri)
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -403,18 +167,22 @@ class Registry:
         return VersionInfo(mv.name, version, tuple(sorted(a for a, v in aliases.items() if str(v) == version)),
                            mv.run_id, mv.source, created, dict(mv.tags or {}), mv.description or "")
 
-    def aliases(self, name: str) -> dict[str, str]:
-        """Alias -> version of a registered model ({} when the model does not exist yet)."""
+    def _registered_model(self, name: str) -> Any | None:
+        """The registered model, or None when it does not exist yet."""
         from mlflow.exceptions import MlflowException
 
-        with self._errors(f"reading aliases of {name!r}"):
+        with self._errors(f"reading registered model {name!r}"):
             try:
-                rm = self.client.get_registered_model(name)
+                return self.client.get_registered_model(name)
             except MlflowException as exc:
                 if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                    return {}
+                    return None
                 raise
-            return {a: str(v) for a, v in (rm.aliases or {}).items()}
+
+    def aliases(self, name: str) -> dict[str, str]:
+        """Alias -> version of a registered model ({} when the model does not exist yet)."""
+        rm = self._registered_model(name)
+        return {} if rm is None else {a: str(v) for a, v in (rm.aliases or {}).items()}
 
     def version(self, name: str, version: str | int) -> VersionInfo:
         """One model version, with its aliases."""
@@ -438,29 +206,13 @@ class Registry:
         return sorted((self._info(mv, aliases) for mv in mvs), key=lambda i: int(i.version), reverse=True)
 
     def _exists(self, name: str) -> bool:
-        from mlflow.exceptions import MlflowException
-
-        with self._errors(f"reading registered model {name!r}"):
-            try:
-                self.client.get_registered_model(name)
-            except MlflowException as exc:
-                if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                    return False
-                raise
-        return True
+        return self._registered_model(name) is not None
 
     def history(self, name: str) -> list[HistoryEntry]:
         """The append-only history of decisions and alias moves, oldest first."""
-        from mlflow.exceptions import MlflowException
-
-        with self._errors(f"reading history of {name!r}"):
-            try:
-                rm = self.client.get_registered_model(name)
-            except MlflowException as exc:
-                if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                    return []
-                raise
-        entries = [HistoryEntry(**json.loads(v)) for k, v in (rm.tags or {}).items() if k.startswith(HISTORY_PREFIX)]
+        rm = self._registered_model(name)
+        tags = (rm.tags or {}) if rm is not None else {}
+        entries = [HistoryEntry(**json.loads(v)) for k, v in tags.items() if k.startswith(HISTORY_PREFIX)]
         return sorted(entries, key=lambda e: e.n)
 
     def _append_history(self, name: str, action: str, version: str, by: str, *, alias: str | None = None,
@@ -507,38 +259,9 @@ class Registry:
             TrackingError: the tracking server is unreachable.
         """
         name = model_name(kind)
-        if "data_digest" not in data_version:
-            raise RegistryError(f"data_version for {name} lacks 'data_digest' (got keys {sorted(data_version)}); "
-                                "pass the digest of the datasets the model was trained on")
-        with self._errors(f"reading training run {run_id}"):
-            run = self.client.get_run(run_id)
-        all_tags: dict[str, str] = {k: v for k, v in run.data.tags.items() if k.startswith("rgops.")}
-        all_tags.update({f"param.{k}": str(v)[:5000] for k, v in run.data.params.items()})
-        all_tags.update({f"metric.{k}": repr(float(v)) for k, v in metrics.items()})
-        all_tags.update({f"rgops.{k}": str(v) for k, v in data_version.items()})
-        all_tags.update({k: str(v) for k, v in (tags or {}).items()})
-        all_tags.update({"rgops.kind": kind, "rgops.run_id": run_id, "decision": "pending"})
-        if not all_tags.get("rgops.weights_sha256"):
-            raise RegistryError(
-                f"run {run_id} has no 'rgops.weights_sha256' tag; log the model with "
-                "rgops.tracking.log_model so its weights digest is recorded before registering it"
-            )
-        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-        source = model_uri
-        if model_id is not None:
-            # The SQL registry store resolves a models:/m-... source through the *global* tracking
-            # URI (an MLflow TODO); resolve it with this client so a non-default store works.
-            with self._errors(f"reading logged model {model_id}"):
-                source = self.client.get_logged_model(model_id).artifact_location
-        from mlflow.exceptions import MlflowException
-
-        with self._errors(f"creating registered model {name!r}"):
-            try:
-                self.client.create_registered_model(
-                    name, description=f"rgops {kind} model; @champion is what services load")
-            except MlflowException as exc:
-                if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
-                    raise
+        all_tags = self._version_tags(kind, run_id, metrics, data_version, tags)
+        source, model_id = self._source(model_uri)
+        self._ensure_model(name, kind)
         mv = None
         try:
             with self._errors(f"registering {model_uri} as a version of {name!r}"):
@@ -560,6 +283,48 @@ class Registry:
             raise
         log.info("registered %s version %s from run %s (@%s)", name, mv.version, run_id, CHALLENGER)
         return self.version(name, mv.version)
+
+    def _version_tags(self, kind: str, run_id: str, metrics: Mapping[str, float], data_version: Mapping[str, str],
+                      tags: Mapping[str, str] | None) -> dict[str, str]:
+        """Everything a new version carries: the run's ``rgops.*`` tags and params, metrics, data version."""
+        if "data_digest" not in data_version:
+            raise RegistryError(f"data_version for {model_name(kind)} lacks 'data_digest' (got keys "
+                                f"{sorted(data_version)}); pass the digest of the datasets the model was trained on")
+        with self._errors(f"reading training run {run_id}"):
+            run = self.client.get_run(run_id)
+        all_tags: dict[str, str] = {k: v for k, v in run.data.tags.items() if k.startswith("rgops.")}
+        all_tags.update({f"param.{k}": str(v)[:5000] for k, v in run.data.params.items()})
+        all_tags.update({f"metric.{k}": repr(float(v)) for k, v in metrics.items()})
+        all_tags.update({f"rgops.{k}": str(v) for k, v in data_version.items()})
+        all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+        all_tags.update({"rgops.kind": kind, "rgops.run_id": run_id, "decision": "pending"})
+        if not all_tags.get("rgops.weights_sha256"):
+            raise RegistryError(
+                f"run {run_id} has no 'rgops.weights_sha256' tag; log the model with "
+                "rgops.tracking.log_model so its weights digest is recorded before registering it"
+            )
+        return all_tags
+
+    def _source(self, model_uri: str) -> tuple[str, str | None]:
+        """``(source, model_id)`` of a logged model URI for ``create_model_version``."""
+        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        if model_id is None:
+            return model_uri, None
+        # The SQL registry store resolves a models:/m-... source through the *global* tracking
+        # URI (an MLflow TODO); resolve it with this client so a non-default store works.
+        with self._errors(f"reading logged model {model_id}"):
+            return self.client.get_logged_model(model_id).artifact_location, model_id
+
+    def _ensure_model(self, name: str, kind: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        with self._errors(f"creating registered model {name!r}"):
+            try:
+                self.client.create_registered_model(
+                    name, description=f"rgops {kind} model; @champion is what services load")
+            except MlflowException as exc:
+                if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                    raise
 
     def record_gates(self, name: str, version: str | int, report: GateReport) -> None:
         """Store a gate report on a version (``rgops.gates``, ``rgops.gates.report``)."""
@@ -704,41 +469,6 @@ class Registry:
     def load_model(self, model_uri: str) -> Any:
         """Load a logged or registered model (``models:/rgops-cae@champion``) from this registry,
         digests checked before unpickling; returns a :class:`rgops.tracking.LoadedModel`."""
-        import mlflow
-
         from rgops.tracking import load_logged_model
 
-        mlflow.set_tracking_uri(self.tracking_uri)  # load_logged_model resolves through the global URI
-        with self._errors(f"loading {model_uri}"):
-            return load_logged_model(model_uri)
-
-    def reap_orphan_runs(self, experiment: str, host: str) -> list[str]:
-        """Mark RUNNING runs of ``experiment`` owned by a dead process on ``host`` as FAILED.
-
-        A run's owner is recorded in its ``rgops.host``/``rgops.pid`` tags; a run with a live owner,
-        or owned by another host, is left alone. Returns the ids of the runs marked FAILED.
-        """
-        with self._errors(f"looking for orphaned runs in experiment {experiment!r}"):
-            exp = self.client.get_experiment_by_name(experiment)
-            if exp is None:
-                return []
-            runs = self.client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
-        reaped = []
-        for run in runs:
-            tags = run.data.tags
-            if tags.get("rgops.host") != host or not tags.get("rgops.pid", "").isdigit():
-                continue
-            try:
-                os.kill(int(tags["rgops.pid"]), 0)
-                continue  # the owner still runs
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue  # a live process of another user
-            with self._errors(f"marking orphaned run {run.info.run_id} FAILED"):
-                self.client.set_tag(run.info.run_id, "rgops.failure",
-                                    f"owner process {tags['rgops.pid']} on {host} died; marked FAILED at {_now()}")
-                self.client.set_terminated(run.info.run_id, status="FAILED")
-            log.warning("run %s was left RUNNING by dead process %s; marked FAILED", run.info.run_id, tags["rgops.pid"])
-            reaped.append(run.info.run_id)
-        return reaped
+        return load_logged_model(model_uri, self.client)

@@ -14,7 +14,6 @@ own it; a run is reaped only when that process is gone from this host.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import socket
@@ -23,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from rgops.errors import DataValidationError, PromotionRefused
+from rgops.errors import PromotionRefused
+from rgops.lineage import cohort_fingerprint
 from rgops.training.run import TrainedModel, owner_tags, train_and_log
 
 if TYPE_CHECKING:
@@ -50,44 +50,25 @@ class ValidationOutcome:
     data_digest: str | None = None
 
 
-def validate_cohort_step(cohort: str | Path, params: Mapping[str, Any], out_dir: str | Path | None = None
-                         ) -> ValidationOutcome:
-    """Validate the raw cohort; raise when a critical expectation fails.
+def validate_step(path: str | Path, params: Mapping[str, Any], out_dir: str | Path | None = None, *,
+                  datasets: bool = False) -> ValidationOutcome:
+    """Validate the raw cohort (or, with ``datasets``, an ingested datasets folder) and fail the way
+    every caller fails: :func:`rgops.validation.validate_path` then :func:`rgops.validation.require_passed`.
+    The report goes to ``out_dir/validation-<cohort|datasets>.json``; a datasets outcome carries the
+    data digest it validated (what the gates compare with the digest the model was trained on).
 
     Raises:
-        DataValidationError: critical expectations failed (the summary names them).
-    """
-    from rgops.validation.runner import validate_cohort, write_json
-    from rgops.validation.suites import ValidateConfig
-
-    report = validate_cohort(Path(cohort), ValidateConfig.from_params(dict(params)))
-    if out_dir is not None:
-        write_json(report, Path(out_dir) / "validation-cohort.json")
-    if not report.passed:
-        raise DataValidationError(f"cohort {str(cohort)!r} failed data validation: {report.summary()}; "
-                                  "fix the cohort or the suites in expectations/ before retraining")
-    return ValidationOutcome("cohort", True, report.summary(), report.to_markdown())
-
-
-def validate_datasets_step(datasets: str | Path, params: Mapping[str, Any], out_dir: str | Path | None = None
-                           ) -> ValidationOutcome:
-    """Validate an ingested datasets folder; the outcome carries the data digest it validated.
-
-    Raises:
-        DataValidationError: critical expectations failed.
+        DataValidationError: critical expectations failed (the message names them).
     """
     from rgops.data.datasets import Datasets
-    from rgops.validation.runner import validate_datasets, write_json
-    from rgops.validation.suites import ValidateConfig
+    from rgops.validation import ValidateConfig, require_passed, validate_path
 
-    report = validate_datasets(Path(datasets), ValidateConfig.from_params(dict(params)))
-    digest = Datasets.load(datasets).digest()
-    if out_dir is not None:
-        write_json(report, Path(out_dir) / "validation-datasets.json")
-    if not report.passed:
-        raise DataValidationError(f"datasets {str(datasets)!r} (digest {digest[:12]}) failed data validation: "
-                                  f"{report.summary()}; re-run ingest or fix the cohort")
-    return ValidationOutcome("datasets", True, report.summary(), report.to_markdown(), digest)
+    target = "datasets" if datasets else "cohort"
+    json_out = Path(out_dir) / f"validation-{target}.json" if out_dir is not None else None
+    report = validate_path(path, ValidateConfig.from_params(dict(params)), datasets=datasets, json_out=json_out)
+    require_passed(report)
+    digest = Datasets.load(path).digest() if datasets else None
+    return ValidationOutcome(target, True, report.summary(), report.to_markdown(), digest)
 
 
 # --- ingest (cached) -----------------------------------------------------------------------------
@@ -100,18 +81,6 @@ class IngestOutcome:
     cached: bool
     fingerprint: str
     report: dict[str, Any] = field(default_factory=dict)
-
-
-def cohort_fingerprint(cohort: str | Path, params: Mapping[str, Any]) -> str:
-    """SHA-256 over every cohort file (path and bytes) and the ``ingest`` params: the cache key."""
-    root = Path(cohort)
-    h = hashlib.sha256(json.dumps(params.get("ingest") or {}, sort_keys=True).encode())
-    for p in sorted(q for q in root.rglob("*") if q.is_file()):
-        h.update(str(p.relative_to(root)).encode())
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def cached_ingest(cohort: str | Path, out: str | Path, params: Mapping[str, Any], fingerprint: str | None = None
@@ -319,7 +288,8 @@ def gate_step(candidate: Candidate, champion: ChampionRecord, params: Mapping[st
     both numbers (``None`` when every gate passed). The caller decides when to raise it, so one
     model's refusal does not stop the other's promotion.
     """
-    from rgops.registry import PromoteConfig, Registry, evaluate_gates
+    from rgops.promotion import PromoteConfig, evaluate_gates
+    from rgops.registry import Registry
 
     reg = Registry(tracking_uri)
     info = reg.version(candidate.name, candidate.version)
@@ -342,7 +312,7 @@ def gate_step(candidate: Candidate, champion: ChampionRecord, params: Mapping[st
 
 def gates_markdown(reports: Mapping[str, Mapping[str, Any]]) -> str:
     """The gate reports (as JSON) as one markdown document: the metric table vs the champion."""
-    from rgops.registry import GateReport
+    from rgops.promotion import GateReport
 
     return "\n\n".join(GateReport.from_json(r).to_markdown() for _, r in sorted(reports.items()))
 
@@ -364,14 +334,65 @@ def promote_step(candidate: Candidate, approved: bool, reviewer: str, comment: s
     return Registry(tracking_uri).decide(candidate.name, candidate.version, Decision(approved, reviewer, comment))
 
 
+#: Asks a reviewer about a candidate, shown the gate table (markdown): ``(approve, reviewer, comment)``,
+#: or None when no answer came in time.
+AskFn = Callable[[Candidate, str], "tuple[bool, str, str] | None"]
+#: Records an approval decision: ``promote(candidate, approved, reviewer, comment)``.
+PromoteFn = Callable[[Candidate, bool, str, str], Any]
+AUTO_REVIEWER = "rgops-gates"
+
+
+def approval_decision(candidate: Candidate, report: Mapping[str, Any], mode: str, ask: AskFn
+                      ) -> tuple[bool, str, str] | None:
+    """The approval decision for one candidate whose gates ran: ``(approve, reviewer, comment)``, or
+    None when there is none to record (refused by a gate, or a manual approval left unanswered).
+
+    ``auto`` approves what passed every gate; ``manual`` asks a person (``ask``) with the gate table.
+    """
+    if report.get("refusal"):
+        return None
+    if mode == "auto":
+        return True, AUTO_REVIEWER, "automatic: every gate passed"
+    if mode != "manual":
+        from rgops.errors import ConfigError
+
+        raise ConfigError(f"approval mode {mode!r}; expected auto or manual")
+    answer = ask(candidate, gates_markdown({candidate.kind: report}))
+    if answer is None:
+        log.warning("no decision on %s version %s; it stays @challenger, decision pending",
+                    candidate.name, candidate.version)
+    return answer
+
+
+def settle(candidates: Mapping[str, Candidate], reports: Mapping[str, Mapping[str, Any]], mode: str,
+           ask: AskFn, promote: PromoteFn) -> dict[str, dict[str, str]]:
+    """Decide on every candidate and record the decisions (:func:`approval_decision`, then ``promote``).
+
+    Returns:
+        ``{"promoted": {kind: version}, "rejected": {...}, "pending": {...}}``; a candidate refused by
+        its gates is in none of them (its refusal is in its report, see :func:`refusal_error`).
+    """
+    out: dict[str, dict[str, str]] = {"promoted": {}, "pending": {}, "rejected": {}}
+    for kind, cand in sorted(candidates.items()):
+        if reports[kind].get("refusal"):
+            continue
+        decision = approval_decision(cand, reports[kind], mode, ask)
+        if decision is None:
+            out["pending"][kind] = cand.version
+            continue
+        promote(cand, *decision)
+        out["promoted" if decision[0] else "rejected"][kind] = cand.version
+    return out
+
+
 def reap_orphan_runs(tracking_uri: str | None = None, experiment: str = "rgops") -> list[str]:
     """Mark runs whose owning process on this host is gone as FAILED; return their ids."""
-    from rgops.registry import Registry
+    from rgops import tracking
 
-    return Registry(tracking_uri).reap_orphan_runs(experiment, socket.gethostname())
+    return tracking.reap_orphan_runs(tracking.make_client(tracking_uri), experiment, socket.gethostname())
 
 
 __all__ = ["Candidate", "ChampionRecord", "IngestOutcome", "PromotionRefused", "TrainedModel", "ValidationOutcome",
            "cached_ingest", "champion_step", "cohort_fingerprint", "evaluate_step", "gate_step", "gates_markdown",
            "ingest_step", "cohort_size_step", "owner_tags", "promote_step", "reap_orphan_runs", "refusal_error", "register_step",
-           "train_step", "validate_cohort_step", "validate_datasets_step"]
+           "train_step", "validate_step", "approval_decision", "settle"]

@@ -13,26 +13,30 @@ unpickling, because unpickling runs code.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-import yaml
 
 from rgops.config import from_dict, to_dict
 from rgops.data.datasets import Datasets, GenePanel
 from rgops.errors import IntegrityError, RegistryError, TrackingError
+from rgops.lineage import dvc_hash, git_commit, sha256_file
 from rgops.models.cae import CAEConfig
 from rgops.models.gan import GANConfig
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -77,49 +81,41 @@ def is_unreachable(exc: BaseException) -> bool:
     return any(m in text for m in markers)
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+@contextlib.contextmanager
+def mlflow_errors(what: str, uri: str) -> Iterator[None]:
+    """The one translation of MLflow's exceptions into rgops errors (tracking and registry both use it).
 
+    An unreachable server or locked database -> :class:`~rgops.errors.TrackingError` naming the URI;
+    a missing run, model or version -> :class:`~rgops.errors.RegistryError`; any other refusal ->
+    ``TrackingError``. rgops's own errors pass through unchanged.
+    """
+    from mlflow.exceptions import MlflowException
 
-def git_commit(cwd: str | Path | None = None) -> str:
-    """The commit of the rgops code (or of ``cwd``), with ``-dirty`` when tracked files changed;
-    ``unknown`` outside git (an installed wheel)."""
-    cwd = cwd if cwd is not None else Path(__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
+        yield
+    except (RegistryError, TrackingError, IntegrityError):
+        raise
+    except MlflowException as exc:
+        if is_unreachable(exc):
+            raise TrackingError(
+                f"{what}: the MLflow tracking server at {uri} is unreachable "
+                f"({str(exc).splitlines()[0][:200]}); start it or set MLFLOW_TRACKING_URI, then retry") from exc
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+            raise RegistryError(f"{what}: {exc.message} (in {uri}); check the name, version or run id") from exc
+        raise TrackingError(f"{what}: MLflow at {uri} refused the request: {exc.message}; check the server "
+                            "and RGOPS_TRACKING_URI/MLFLOW_TRACKING_URI") from exc
+    except OSError as exc:  # requests' ConnectionError derives from OSError
+        raise TrackingError(f"{what}: the MLflow tracking server at {uri} is unreachable ({exc}); start it or "
+                            "set MLFLOW_TRACKING_URI, then retry") from exc
 
 
-def dvc_hash(path: str | Path) -> str:
-    """The DVC hash of a folder: from ``dvc.lock`` (a stage output) or ``<path>.dvc``; ``untracked``."""
-    target = Path(path).resolve()
-    for folder in [target.parent, *target.parents]:
-        lock = folder / "dvc.lock"
-        if lock.is_file():
-            try:
-                stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-            except yaml.YAMLError:
-                break
-            for stage in stages.values():
-                for out in stage.get("outs", []):
-                    if (folder / out.get("path", "")).resolve() == target:
-                        return str(out.get("md5") or out.get("hash") or "untracked")
-            break
-    dvc_file = target.with_name(target.name + ".dvc")
-    if dvc_file.is_file():
-        outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [])
-        if outs:
-            return str(outs[0].get("md5") or "untracked")
-    return "untracked"
+def make_client(tracking_uri: str | None = None) -> MlflowClient:
+    """An explicit :class:`mlflow.MlflowClient` for tracking and registry at ``tracking_uri``
+    (default :func:`resolve_tracking_uri`); pass it on instead of setting a global URI."""
+    from mlflow import MlflowClient
+
+    uri = tracking_uri or resolve_tracking_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 class MlflowTracker:
@@ -146,25 +142,19 @@ class MlflowTracker:
     def __enter__(self) -> "MlflowTracker":
         import mlflow
 
-        mlflow.set_tracking_uri(self.tracking_uri)
-        try:
+        client = make_client(self.tracking_uri)
+        with mlflow_errors(f"starting a run in experiment {self.experiment!r}", self.tracking_uri):
             if self.run_id is None:
-                exp = mlflow.get_experiment_by_name(self.experiment)
-                exp_id = exp.experiment_id if exp is not None else mlflow.create_experiment(
+                exp = client.get_experiment_by_name(self.experiment)
+                exp_id = exp.experiment_id if exp is not None else client.create_experiment(
                     self.experiment, artifact_location=default_artifact_location(self.tracking_uri))
-                run = mlflow.start_run(experiment_id=exp_id, run_name=self.run_name)
-            else:
-                run = mlflow.start_run(run_id=self.run_id)
-        except mlflow.exceptions.MlflowException as exc:
-            if is_unreachable(exc):
-                raise TrackingError(
-                    f"the MLflow tracking server at {self.tracking_uri} is unreachable "
-                    f"({str(exc).splitlines()[0][:200]}); start it or set MLFLOW_TRACKING_URI, then retry") from None
-            raise TrackingError(f"MLflow at {self.tracking_uri!r} refused to start a run: {exc}; check the "
-                                "server and RGOPS_TRACKING_URI/MLFLOW_TRACKING_URI") from None
-        except OSError as exc:
-            raise TrackingError(f"the MLflow tracking server at {self.tracking_uri} is unreachable ({exc}); start "
-                                "it or unset RGOPS_TRACKING_URI/MLFLOW_TRACKING_URI for the local store") from None
+            # mlflow.<flavor>.log_model and mlflow.log_input log to the *active* run through the
+            # global tracking URI (MLflow offers no client for them), so a tracker is the one place
+            # rgops sets it; it stays set after the run (MLflow mirrors it into MLFLOW_TRACKING_URI),
+            # which later default-URI calls of the same process (evaluation logging) rely on.
+            mlflow.set_tracking_uri(self.tracking_uri)
+            run = (mlflow.start_run(experiment_id=exp_id, run_name=self.run_name) if self.run_id is None
+                   else mlflow.start_run(run_id=self.run_id))
         self.run_id = run.info.run_id
         self._active = True
         return self
@@ -366,34 +356,28 @@ def _digests(local_dir: str | Path) -> dict[str, str]:
     return {f: sha256_file(root / f) for f in CHECKED_FILES}
 
 
-def _resolve(model_uri: str) -> tuple[str, dict[str, str] | None]:
+def _resolve(model_uri: str, client: MlflowClient) -> tuple[str, dict[str, str] | None]:
     """The run that logged ``model_uri`` and, for a registry URI (``models:/NAME/VERSION`` or
     ``models:/NAME@ALIAS``), the version's tags; asked of the tracking store, not of the artifacts."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    try:
-        if model_uri.startswith("runs:/"):
-            return model_uri[len("runs:/"):].split("/", 1)[0], None
-        if model_uri.startswith("models:/"):
-            ref = model_uri[len("models:/"):]
-            if ref.startswith("m-"):
-                return client.get_logged_model(ref.split("/", 1)[0]).source_run_id, None
-            name, _, rest = ref.partition("@")
-            if rest:
-                mv = client.get_model_version_by_alias(name, rest)
-            else:
-                name, _, version = ref.partition("/")
-                mv = client.get_model_version(name, version)
-            return mv.run_id, dict(mv.tags or {})
-    except mlflow.exceptions.MlflowException as exc:
-        raise RegistryError(f"model {model_uri!r} not found in {mlflow.get_tracking_uri()!r}: {exc}") from None
-    raise RegistryError(f"model URI {model_uri!r} is not runs:/..., models:/m-..., models:/NAME/VERSION or "
-                        "models:/NAME@ALIAS")
+    if model_uri.startswith("runs:/"):
+        return model_uri[len("runs:/"):].split("/", 1)[0], None
+    if not model_uri.startswith("models:/"):
+        raise RegistryError(f"model URI {model_uri!r} is not runs:/..., models:/m-..., models:/NAME/VERSION or "
+                            "models:/NAME@ALIAS")
+    ref = model_uri[len("models:/"):]
+    with mlflow_errors(f"resolving model {model_uri!r}", client.tracking_uri):
+        if ref.startswith("m-"):
+            return client.get_logged_model(ref.split("/", 1)[0]).source_run_id, None
+        name, _, alias = ref.partition("@")
+        if alias:
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, version = ref.partition("/")
+            mv = client.get_model_version(name, version)
+        return mv.run_id, dict(mv.tags or {})
 
 
-def log_program_head(run_id: str, head: Mapping[str, Any]) -> str:
+def log_program_head(run_id: str, head: Mapping[str, Any], tracking_uri: str | None = None) -> str:
     """Log a program head (``rgops.models.program_head.ProgramHead`` JSON) to an existing run and tag its digest.
 
     The file goes to ``program_head/<sha256>.json`` (content-addressed, so re-evaluating a run
@@ -411,7 +395,7 @@ def log_program_head(run_id: str, head: Mapping[str, Any]) -> str:
     text = json.dumps({"names": list(head["names"]), "coef": head["coef"], "intercept": head["intercept"]},
                       sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()
-    with tempfile.TemporaryDirectory() as tmp, MlflowTracker(run_id=run_id) as tracker:
+    with tempfile.TemporaryDirectory() as tmp, MlflowTracker(run_id=run_id, tracking_uri=tracking_uri) as tracker:
         path = Path(tmp) / f"{digest}.json"
         path.write_text(text)
         tracker.log_artifact(path, PROGRAM_HEAD_DIR)
@@ -420,7 +404,7 @@ def log_program_head(run_id: str, head: Mapping[str, Any]) -> str:
     return digest
 
 
-def load_program_head(run_id: str, expected_sha256: str) -> dict[str, Any]:
+def load_program_head(run_id: str, expected_sha256: str, client: MlflowClient | None = None) -> dict[str, Any]:
     """The program head logged to ``run_id`` with digest ``expected_sha256``, verified before use.
 
     Raises:
@@ -428,10 +412,11 @@ def load_program_head(run_id: str, expected_sha256: str) -> dict[str, Any]:
     """
     import mlflow
 
+    client = client or make_client()
     uri = f"runs:/{run_id}/{PROGRAM_HEAD_DIR}/{expected_sha256}.json"
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp))
+            local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp, tracking_uri=client.tracking_uri))
         except (mlflow.exceptions.MlflowException, OSError) as exc:
             raise IntegrityError(f"run {run_id} records program head sha256 {expected_sha256[:16]}... but "
                                  f"{uri!r} cannot be read ({exc}); re-run `rgops evaluate` for this model") from None
@@ -443,13 +428,17 @@ def load_program_head(run_id: str, expected_sha256: str) -> dict[str, Any]:
         return json.loads(local.read_text())
 
 
-def load_logged_model(model_uri: str) -> LoadedModel:
+def load_logged_model(model_uri: str, client: MlflowClient | None = None) -> LoadedModel:
     """Download a model logged by :func:`log_model`, verify its SHA-256 digests against the run's
     tags, then load it through ``mlflow.pytorch.load_model``.
 
     The program head comes along when one is recorded: for a registry URI the version's
     ``rgops.program_head_sha256`` tag names it (the head the version was registered with), for a
     ``runs:/`` or ``models:/m-`` URI the run's tag (the latest evaluation); see :func:`load_program_head`.
+
+    Args:
+        model_uri: ``runs:/...``, ``models:/m-...``, ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``.
+        client: the store to read from (default: :func:`make_client`).
 
     Raises:
         IntegrityError: a file's digest differs from the one recorded at logging time (checked
@@ -458,19 +447,19 @@ def load_logged_model(model_uri: str) -> LoadedModel:
     """
     import mlflow
     import mlflow.pytorch
-    from mlflow import MlflowClient
 
-    run_id, version_tags = _resolve(model_uri)
-    tags = MlflowClient().get_run(run_id).data.tags
+    client = client or make_client()
+    run_id, version_tags = _resolve(model_uri, client)
+    with mlflow_errors(f"reading run {run_id} of model {model_uri!r}", client.tracking_uri):
+        tags = client.get_run(run_id).data.tags
     if TAG_FILES not in tags:
         raise IntegrityError(f"run {run_id} has no {TAG_FILES} tag: model {model_uri!r} was not logged by rgops; "
                              "refusing to unpickle it")
     expected = json.loads(tags[TAG_FILES])
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = mlflow.artifacts.download_artifacts(model_uri, dst_path=tmp)
-        except mlflow.exceptions.MlflowException as exc:
-            raise RegistryError(f"cannot download model {model_uri!r}: {exc}") from None
+        with mlflow_errors(f"downloading model {model_uri!r}", client.tracking_uri):
+            local = mlflow.artifacts.download_artifacts(model_uri, dst_path=tmp, tracking_uri=client.tracking_uri,
+                                                        registry_uri=client.tracking_uri)
         actual = _digests(local)
         bad = sorted(f for f in CHECKED_FILES if actual[f] != expected.get(f))
         if bad:
@@ -489,7 +478,7 @@ def load_logged_model(model_uri: str) -> LoadedModel:
     module.eval()
     # A registry version carries the head it was registered with; other URIs the run's latest.
     head_sha = (version_tags if version_tags is not None else tags).get(TAG_PROGRAM_HEAD)
-    head = load_program_head(run_id, head_sha) if head_sha else None
+    head = load_program_head(run_id, head_sha, client) if head_sha else None
     return LoadedModel(kind, module, config, panel, card, actual["data/model.pth"], run_id, head)
 
 
@@ -497,7 +486,7 @@ def load_logged_model(model_uri: str) -> LoadedModel:
 
 
 def log_evaluation(run_id: str, metrics: Mapping[str, float], files: Mapping[str, str | Path],
-                   report_dir: str | Path) -> None:
+                   report_dir: str | Path, tracking_uri: str | None = None) -> None:
     """Log evaluation metrics and files to an existing run (the evaluated model's).
 
     Metrics keep their stable flat names (``cae.cv_r2.mean``, ``gan.frechet``, ...). Each file goes
@@ -505,10 +494,48 @@ def log_evaluation(run_id: str, metrics: Mapping[str, float], files: Mapping[str
     report's relative figure links still work); files outside it go to ``evaluation/`` directly.
     """
     root = Path(report_dir).resolve()
-    with MlflowTracker(run_id=run_id) as tracker:
+    with MlflowTracker(run_id=run_id, tracking_uri=tracking_uri) as tracker:
         tracker.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)}, step=0)
         for path in files.values():
             p = Path(path).resolve()
             rel = p.parent.relative_to(root) if p.parent.is_relative_to(root) else Path()
             tracker.log_artifact(p, str(Path("evaluation") / rel) if str(rel) != "." else "evaluation")
         tracker.set_tags({"rgops.evaluated": "true"})
+
+
+# --- orphaned runs (rgops/retrain.py reaps them when a retrain starts) ---------------------------------
+
+
+def reap_orphan_runs(client: MlflowClient, experiment: str, host: str) -> list[str]:
+    """Mark RUNNING runs of ``experiment`` owned by a dead process on ``host`` as FAILED.
+
+    A SIGKILL gives a process no chance to end its run, so the next start does it. A run's owner is
+    recorded in its ``rgops.host``/``rgops.pid`` tags (:func:`rgops.training.run.owner_tags`); a run
+    with a live owner, or owned by another host, is left alone. Returns the ids of the runs marked FAILED.
+    """
+    uri = client.tracking_uri
+    with mlflow_errors(f"looking for orphaned runs in experiment {experiment!r}", uri):
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return []
+        runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
+    reaped = []
+    for run in runs:
+        tags = run.data.tags
+        if tags.get("rgops.host") != host or not tags.get("rgops.pid", "").isdigit():
+            continue
+        try:
+            os.kill(int(tags["rgops.pid"]), 0)
+            continue  # the owner still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # a live process of another user
+        at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        with mlflow_errors(f"marking orphaned run {run.info.run_id} FAILED", uri):
+            client.set_tag(run.info.run_id, "rgops.failure",
+                           f"owner process {tags['rgops.pid']} on {host} died; marked FAILED at {at}")
+            client.set_terminated(run.info.run_id, status="FAILED")
+        log.warning("run %s was left RUNNING by dead process %s; marked FAILED", run.info.run_id, tags["rgops.pid"])
+        reaped.append(run.info.run_id)
+    return reaped

@@ -114,3 +114,94 @@ def write_training_datasets(ds, root):
 def train_datasets_dir(tmp_path_factory):
     """Path of a small datasets folder for training tests (24 patients, S=64, 12 genes)."""
     return write_training_datasets(make_training_datasets(), tmp_path_factory.mktemp("train-datasets") / "datasets")
+
+# --- Prefect, retrain and the shared trained registry (integration tests) ---------------------------
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """Prefect's test harness (a temporary database and a local API) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    # The harness starts a local API server in a subprocess; on a busy 2-core CI box that can take
+    # well over the default 30 s.
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def retrain_params(params: dict) -> dict:
+    """params.yaml sized for the 16-patient retrain cohort: 8 training and 8 held-out patients under
+    ``split_seed: 7``; presets ``good`` (trains the GAN for 40 steps) and ``worse`` (leaves it at its
+    initialisation, lr ~ 0: its Frechet distance is far above the champion's, beyond the tolerance);
+    floors relaxed so that tiny models pass them (the gates are tested in tests/unit/test_promotion.py)."""
+    params["ingest"].update(split_fractions=[0.5, 0.25, 0.25], split_seed=7)
+    params["evaluate"] = {"n_splits": 2, "inner_splits": 2, "min_train_patients": 8, "min_held_out_patients": 4,
+                          "probe_inner_splits": 2}
+    gan, cae = params["train"]["gan"]["presets"], params["train"]["cae"]["presets"]
+    gan["good"] = {**gan["tiny"], "epochs": 10, "batch_size": 2, "lr_g": 0.002, "lr_d": 0.002}
+    gan["worse"] = {**gan["tiny"], "epochs": 1, "lr_g": 1e-9, "lr_d": 1e-9}
+    cae["good"] = cae["worse"] = cae["tiny"]
+    params["promote"].update(
+        floors={"cae.probe_r2.primary.lo": -100.0, "cae.probe_diff.radiomics.primary.hi": -100.0,
+                "gan.frechet": 10000.0, "gan.cond_consistency": -1.0},
+        tolerance={"cae.probe_r2.primary": 1.0, "gan.frechet": 10.0, "gan.cond_consistency": 1.0})
+    return params
+
+
+@pytest.fixture(scope="session")
+def retrain_env(tmp_path_factory):
+    """(cohort, params path) for the retrain tests: a 16-patient cohort and :func:`retrain_params`."""
+    from pathlib import Path
+
+    import yaml
+
+    root = tmp_path_factory.mktemp("retrain")
+    cohort = build_cohort(root, n_patients=16)
+    repo = Path(__file__).resolve().parents[1]
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(retrain_params(yaml.safe_load((repo / "params.yaml").read_text()))))
+    return cohort, path
+
+
+class TrainedRegistry:
+    """The outcome of one auto-approved retrain (preset ``good``) of the retrain cohort.
+
+    Attributes:
+        store: folder holding ``mlflow.db``, ``mlartifacts/`` and the flow's ``work/`` (datasets, reports).
+        uri: the SQLite tracking URI of that store.
+        cohort, params: what was trained on (:func:`retrain_env`).
+        state: the flow run's final Prefect state.
+    """
+
+    def __init__(self, store, cohort, params, state):
+        self.store, self.cohort, self.params, self.state = store, cohort, params, state
+        self.uri = f"sqlite:///{store / 'mlflow.db'}"
+        self.work = store / "work"
+
+    def copy_to(self, dest):
+        """A private copy of the store's database and work folder in ``dest`` (file times kept, so the
+        ingest cache still holds); returns its tracking URI. Artifacts stay in the shared store."""
+        import shutil
+
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(self.store / "mlflow.db", dest / "mlflow.db")
+        shutil.copytree(self.work, dest / "work")
+        return f"sqlite:///{dest / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def trained_registry(prefect_harness, retrain_env, tmp_path_factory):
+    """One trained tiny registry shared by the slow integration tests (built once a session): the
+    retrain flow run once, both models @champion version 1. Read it, or :meth:`TrainedRegistry.copy_to`
+    a private copy before changing it."""
+    import contextlib
+
+    from flows.retrain import retrain
+
+    cohort, params = retrain_env
+    store = tmp_path_factory.mktemp("trained-registry")
+    trained = TrainedRegistry(store, cohort, params, None)
+    with contextlib.chdir(store):  # nothing the flow writes lands in the repository
+        trained.state = retrain(cohort=str(cohort), workdir=str(trained.work), params_path=str(params),
+                                tracking_uri=trained.uri, preset="good", approval="auto", return_state=True)
+    return trained

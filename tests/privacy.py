@@ -3,7 +3,8 @@
 The synthetic cohort plants realistic PHI in every DICOM header (rgops/data/synth.py). These helpers
 collect those values from the raw cohort and search every byte of every file under a folder for
 them: raw bytes (SQLite pages, JSON, pickles, logs) and the decoded text of compressed tables
-(parquet), so a leak cannot hide behind compression.
+(parquet), so a leak cannot hide behind compression; a parquet file it cannot decode fails the search
+(:class:`UndecodableFile`).
 """
 
 from __future__ import annotations
@@ -45,14 +46,20 @@ def planted_identifiers(cohort: Path, every: int = 3) -> set[str]:
     return needles
 
 
+class UndecodableFile(AssertionError):
+    """A compressed file the search cannot decode: a leak inside it would be searched only as
+    compressed bytes, so the search fails instead of passing it by."""
+
+
 def _texts(path: Path) -> list[bytes]:
     blobs = [path.read_bytes()]
     if path.suffix == ".parquet":
         try:
             frame = pd.read_parquet(path)
-            blobs.append(frame.to_csv().encode())
-        except Exception:  # not every file named .parquet is a table; the raw bytes are still searched
-            pass
+        except Exception as exc:
+            raise UndecodableFile(f"{path} cannot be decoded as parquet ({type(exc).__name__}: {exc}); the "
+                                  "privacy search cannot see inside it: fix or remove the file") from exc
+        blobs.append(frame.to_csv().encode())
     return blobs
 
 

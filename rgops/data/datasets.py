@@ -235,16 +235,15 @@ class Datasets:
         return cls(patches, masks, genes_df.to_numpy(dtype=np.float32), manifest, panel, root, spec)
 
     def digest(self) -> str:
-        """SHA-256 over the dataset files (or arrays, when built in memory): the data version."""
-        h = hashlib.sha256()
+        """SHA-256 over the dataset files (:func:`rgops.lineage.datasets_digest`), or over the arrays when
+        built in memory: the data version."""
         if self.root is not None:
-            for name in DATASET_FILES + tuple(f for f in OPTIONAL_FILES if (self.root / f).is_file()):
-                h.update(name.encode())
-                with open(self.root / name, "rb") as fh:
-                    for chunk in iter(lambda: fh.read(1 << 20), b""):
-                        h.update(chunk)
-        else:
-            for arr in (self.patches, self.masks, self.genes):
-                h.update(np.ascontiguousarray(arr).tobytes())
-            h.update(json.dumps(self.panel.to_json()).encode())
+            from rgops.lineage import datasets_digest
+
+            names = DATASET_FILES + tuple(f for f in OPTIONAL_FILES if (self.root / f).is_file())
+            return datasets_digest(self.root, names)
+        h = hashlib.sha256()
+        for arr in (self.patches, self.masks, self.genes):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        h.update(json.dumps(self.panel.to_json()).encode())
         return h.hexdigest()

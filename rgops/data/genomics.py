@@ -21,8 +21,12 @@ log = logging.getLogger(__name__)
 
 GENE_COLUMN = "gene_symbol"
 CLINICAL_ID = "patient_id"
+#: The documented clinical.csv schema (docs/architecture.md), defined here once: ingest keeps these
+#: columns and drops any other (a free-text column may carry names), validation checks them.
 CLINICAL_COLUMNS = ("patient_id", "age", "sex", "smoking_status", "pack_years", "histology",
                     "egfr_status", "kras_status", "survival_months", "event")
+CLINICAL_CATEGORICAL = ("sex", "smoking_status", "histology", "egfr_status", "kras_status")
+CLINICAL_NUMERIC = ("age", "pack_years", "survival_months", "event")
 #: PS3.15 / HIPAA safe harbour: ages over 89 are reported as 90.
 AGE_CAP = 90
 
@@ -49,6 +53,9 @@ class GeneTable:
         return np.log2(self.expr + 1.0)
 
 
+_MISSING = ("", "NA", "NaN", "nan", "null", "NULL")
+
+
 def read_gene_table(path: str | Path) -> GeneTable:
     """Read a genes x samples TSV (first column ``gene_symbol``, one column per sample).
 
@@ -59,6 +66,19 @@ def read_gene_table(path: str | Path) -> GeneTable:
     p = Path(path)
     if not p.is_file():
         raise GeneTableError(f"gene table {str(p)!r} does not exist; expected genes.tsv in the cohort folder")
+    samples = _sample_header(p)
+    raw = pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False, na_filter=False)
+    raw.columns = [GENE_COLUMN, *samples]
+    symbols = _gene_symbols(p, raw[GENE_COLUMN].str.strip())
+    arr, n_missing = _expression_values(p, raw[samples].apply(lambda col: col.str.strip()), symbols)
+    if n_missing:
+        log.info("gene table: %d missing value(s) of %d", n_missing, arr.size)
+    expr = pd.DataFrame(arr.T, index=pd.Index(samples, name="sample_id"), columns=list(symbols))
+    return GeneTable(expr=expr, n_missing=n_missing)
+
+
+def _sample_header(p: Path) -> list[str]:
+    """The sample ids of the header (first column ``gene_symbol``), each once and non-empty."""
     with open(p, newline="") as fh:
         header = next(csv.reader(fh, delimiter="\t"), None)
     if not header or header[0].strip() != GENE_COLUMN:
@@ -77,10 +97,12 @@ def read_gene_table(path: str | Path) -> GeneTable:
                 "each patient must appear once (merge or drop replicates first)"
             )
         seen[s] = i
-    raw = pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False, na_filter=False)
-    raw.columns = [GENE_COLUMN, *samples]
-    symbols = raw[GENE_COLUMN].str.strip()
-    bad = symbols.isin(["", "NA", "NaN", "nan", "null", "NULL"])
+    return samples
+
+
+def _gene_symbols(p: Path, symbols: pd.Series) -> pd.Series:
+    """The gene symbols, each present and once."""
+    bad = symbols.isin(_MISSING)
     if bad.any():
         rows = (np.flatnonzero(bad.to_numpy()) + 2).tolist()[:10]
         raise GeneTableError(
@@ -93,8 +115,13 @@ def read_gene_table(path: str | Path) -> GeneTable:
             f"gene table {str(p)!r} lists gene symbol(s) {sorted(set(dup))[:10]} more than once; "
             "collapse duplicate probes to one row per gene first"
         )
-    values = raw[samples].apply(lambda col: col.str.strip())
-    missing = values.isin(["", "NA", "NaN", "nan", "null", "NULL"])
+    return symbols
+
+
+def _expression_values(p: Path, values: pd.DataFrame, symbols: pd.Series) -> tuple[np.ndarray, int]:
+    """``(genes x samples float64 with NaN for missing cells, number of missing cells)``; every other cell
+    a finite non-negative number."""
+    missing = values.isin(_MISSING)
     numeric = values.mask(missing).apply(pd.to_numeric, errors="coerce")
     not_number = numeric.isna() & ~missing
     if not_number.to_numpy().any():
@@ -113,17 +140,15 @@ def read_gene_table(path: str | Path) -> GeneTable:
             f"gene table {str(p)!r}: gene {symbols.iloc[r]!r} column {c + 2} is negative ({arr[r, c]}); "
             "expected raw non-negative expression (rgops applies log2(x+1) itself)"
         )
-    n_missing = int(missing.to_numpy().sum())
-    if n_missing:
-        log.info("gene table: %d missing value(s) of %d", n_missing, arr.size)
-    expr = pd.DataFrame(arr.T, index=pd.Index(samples, name="sample_id"), columns=list(symbols))
-    return GeneTable(expr=expr, n_missing=n_missing)
+    return arr, int(missing.to_numpy().sum())
 
 
 def read_clinical(path: str | Path) -> pd.DataFrame:
     """Read clinical.csv: one row per patient, keyed by the source ``patient_id``.
 
-    Ages above 89 are capped at 90 (safe harbour). Returns the table indexed by ``patient_id``.
+    Ages above 89 are capped at 90 (safe harbour). Columns outside the documented schema
+    (:data:`CLINICAL_COLUMNS`) are dropped, never copied, and their number logged. Returns the table
+    indexed by ``patient_id``.
 
     Raises:
         CohortError: missing file, missing ``patient_id`` column, empty or duplicate ids.
@@ -140,6 +165,12 @@ def read_clinical(path: str | Path) -> pd.DataFrame:
     if ids.duplicated().any():
         rows = (np.flatnonzero(ids.duplicated().to_numpy()) + 2).tolist()[:10]
         raise CohortError(f"clinical table {str(p)!r} repeats a patient_id (file lines {rows}); one row per patient")
+    extra = [c for c in df.columns if c not in CLINICAL_COLUMNS]
+    if extra:
+        # Only the count: a column outside the schema may be free text, and its header is not ours to log.
+        log.warning("clinical table: dropped %d column(s) outside the documented schema %s", len(extra),
+                    list(CLINICAL_COLUMNS))
+        df = df.drop(columns=extra)
     df = df.assign(**{CLINICAL_ID: ids}).set_index(CLINICAL_ID)
     if "age" in df.columns:
         age = pd.to_numeric(df["age"], errors="coerce")

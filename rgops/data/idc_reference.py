@@ -67,6 +67,25 @@ def _thickness_mm(description: str) -> float | None:
     return value if 0.5 <= value <= 10.0 else None
 
 
+def _collection_series(index: str | Path | None, collection_id: str) -> tuple[Path, Any, Any, Any]:
+    """``(index path, every series of the collection, the original (non-derived) ones, their CT series)``."""
+    import pyarrow.parquet as pq
+
+    path = Path(index) if index is not None else index_path()
+    if path is None or not path.is_file():
+        raise ConfigError(
+            f"IDC index not found (got {str(path) if path else None!r}); install `idc-index-data` "
+            "or pass the path of idc_index.parquet"
+        )
+    df = pq.read_table(path, columns=_COLUMNS, filters=[("collection_id", "==", collection_id)]).to_pandas()
+    original = df[df["analysis_result_id"].isna()]
+    ct = original[original["Modality"] == "CT"]
+    if ct.empty:
+        raise ConfigError(f"IDC index {str(path)!r} has no CT series for collection {collection_id!r}; "
+                          "check the collection id (e.g. 'nsclc_radiogenomics')")
+    return path, df, original, ct
+
+
 def summarize_collection(index: str | Path | None = None, collection_id: str = COLLECTION_ID) -> dict[str, Any]:
     """Summarise a collection of the IDC index into the statistics the generator samples from.
 
@@ -84,20 +103,8 @@ def summarize_collection(index: str | Path | None = None, collection_id: str = C
         ConfigError: no index is available, or it holds no CT series of ``collection_id``.
     """
     import numpy as np
-    import pyarrow.parquet as pq
 
-    path = Path(index) if index is not None else index_path()
-    if path is None or not path.is_file():
-        raise ConfigError(
-            f"IDC index not found (got {str(path) if path else None!r}); install `idc-index-data` "
-            "or pass the path of idc_index.parquet"
-        )
-    df = pq.read_table(path, columns=_COLUMNS, filters=[("collection_id", "==", collection_id)]).to_pandas()
-    original = df[df["analysis_result_id"].isna()]
-    ct = original[original["Modality"] == "CT"]
-    if ct.empty:
-        raise ConfigError(f"IDC index {str(path)!r} has no CT series for collection {collection_id!r}; "
-                          "check the collection id (e.g. 'nsclc_radiogenomics')")
+    path, df, original, ct = _collection_series(index, collection_id)
     primary = ct.sort_values(["instanceCount", "SeriesDescription"], kind="stable").groupby("PatientID").tail(1)
     counts = primary["instanceCount"].astype(int).to_numpy()
     ages = [int(a[:3]) for a in primary["PatientAge"].dropna() if a[:3].isdigit() and int(a[:3]) > 0]

@@ -265,6 +265,15 @@ def _skip(result: PatientResult, reason: str, detail: str) -> PatientResult:
     return result
 
 
+class _Skip(Exception):
+    """A patient is skipped: ``reason`` (a documented skip reason) and a message that may still hold
+    source names (redacted once, in :func:`ingest_patient`)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
 def ingest_patient(patient_dir: str | Path, config: IngestConfig, key: bytes) -> PatientResult:
     """De-identify, read and cut the patch of one patient (``COHORT/ct/<PatientID>/``).
 
@@ -279,71 +288,91 @@ def ingest_patient(patient_dir: str | Path, config: IngestConfig, key: bytes) ->
     source_id = folder.name
     pid = pseudonymize(source_id, key)
     result = PatientResult(pid)
+    try:
+        series_raw, segs_raw = _read_patient(folder, pid)
+        series_de, segs_de = _deidentify_patient(series_raw, segs_raw, key, source_id)
+        del series_raw, segs_raw
+        result.instances = [_instance_row(pid, ds) for dss, _ in series_de for ds in dss]
+        result.instances += [_instance_row(pid, ds) for ds in segs_de]
+        (dss, names), seg, seg_idx = _tumour_series(series_de, segs_de, pid)
+        series, mask = _series_and_mask(dss, names, seg, f"{pid}/seg/file{seg_idx}")
+        spec = config.spec()
+        areas = (mask > 0).sum(axis=(1, 2))
+        if 0 < int(areas.max()) < spec.min_tumour_area_px:
+            raise _Skip("tumour_too_small", f"largest tumour cross-section {int(areas.max())} px < "
+                        f"min_tumour_area_px {spec.min_tumour_area_px}")
+        try:
+            patches, pmasks, infos = extract_patches(series.hu, mask, float(series.pixel_spacing[0]), spec)
+        except DicomError as exc:  # SegmentationError: an empty mask
+            raise _Skip("bad_seg", str(exc)) from None
+    except _Skip as skip:
+        return _skip(result, skip.reason, _redact(str(skip), source_id, folder))
+    result.patch, result.mask = patches, pmasks
+    result.records = [_manifest_record(pid, series, info) for info in infos]
+    return result
+
+
+def _read_patient(folder: Path, pid: str) -> tuple[list[tuple[list[Dataset], list[str]]], list[Dataset]]:
+    """Every CT series (datasets and message names) and every SEG of a patient folder, not yet de-identified."""
     series_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and d.name != "seg")
     seg_files = _files(folder / "seg") if (folder / "seg").is_dir() else []
     if not series_dirs:
-        return _skip(result, "no_images", "no CT series folder")
+        raise _Skip("no_images", "no CT series folder")
     if not seg_files:
-        return _skip(result, "no_seg", "no SEG file in seg/")
-
+        raise _Skip("no_seg", "no SEG file in seg/")
     try:
         series_raw: list[tuple[list[Dataset], list[str]]] = []
         for j, sdir in enumerate(series_dirs):
             files = _files(sdir)
             names = [f"{pid}/series{j}/file{k}" for k in range(len(files))]
             series_raw.append(([read_dicom(p, name=n) for p, n in zip(files, names)], names))
-        segs_raw = [read_dicom(p, name=f"{pid}/seg/file{k}") for k, p in enumerate(seg_files)]
+        return series_raw, [read_dicom(p, name=f"{pid}/seg/file{k}") for k, p in enumerate(seg_files)]
     except DicomError as exc:
-        return _skip(result, "bad_dicom", _redact(str(exc), source_id, folder))
+        raise _Skip("bad_dicom", str(exc)) from None
 
+
+def _deidentify_patient(series_raw: list[tuple[list[Dataset], list[str]]], segs_raw: list[Dataset], key: bytes,
+                        source_id: str) -> tuple[list[tuple[list[Dataset], list[str]]], list[Dataset]]:
+    """Check every header names the folder's patient, then de-identify them all (in place)."""
     headers = [ds for dss, _ in series_raw for ds in dss] + segs_raw
     ids = {str(ds.get("PatientID", "")).strip() for ds in headers} - {""}
     if ids and ids != {source_id}:
-        return _skip(result, "patient_id_mismatch",
-                     f"{len(ids)} PatientID value(s) in the headers differ from the folder name")
+        raise _Skip("patient_id_mismatch", f"{len(ids)} PatientID value(s) in the headers differ from the folder name")
     try:
         series_de = [([deidentify(ds, key, source_id, in_place=True) for ds in dss], names) for dss, names in series_raw]
-        segs_de = [deidentify(ds, key, source_id, in_place=True) for ds in segs_raw]
+        return series_de, [deidentify(ds, key, source_id, in_place=True) for ds in segs_raw]
     except DeidentificationError as exc:
-        return _skip(result, "bad_dicom", _redact(str(exc), source_id, folder))
-    del series_raw, segs_raw, headers
-    result.instances = [_instance_row(pid, ds) for dss, _ in series_de for ds in dss]
-    result.instances += [_instance_row(pid, ds) for ds in segs_de]
+        raise _Skip("bad_dicom", str(exc)) from None
 
-    # the SEG decides which series is the tumour's; a lone series is checked by the SEG itself
-    # (the same choice serving makes for an uploaded or PACS study: rgops.data.study)
+
+def _tumour_series(series_de: list[tuple[list[Dataset], list[str]]], segs_de: list[Dataset], pid: str
+                   ) -> tuple[tuple[list[Dataset], list[str]], Dataset, int]:
+    """The SEG decides which series is the tumour's; a lone series is checked by the SEG itself (the
+    same choice serving makes for an uploaded or PACS study: :func:`rgops.data.study.pick_referenced`).
+    Returns ``((datasets, names) of the series, the SEG, its index)``."""
     seg_idx, chosen = pick_referenced([str(dss[0].get("SeriesInstanceUID", "")) for dss, _ in series_de], segs_de)
-    seg = segs_de[seg_idx]
     if len(segs_de) > 1:
         log.info("patient %s has %d SEG files; using the first that references one of its CT series",
                  pid, len(segs_de))
     if chosen is None:
-        return _skip(result, "bad_seg", f"the SEG references none of the {len(series_de)} CT series")
-    dss, names = series_de[chosen]
+        raise _Skip("bad_seg", f"the SEG references none of the {len(series_de)} CT series")
+    return series_de[chosen], segs_de[seg_idx], seg_idx
+
+
+def _series_and_mask(dss: list[Dataset], names: list[str], seg: Dataset, seg_name: str) -> tuple[CTSeries, np.ndarray]:
+    """The CT volume and the SEG's tumour mask on it."""
     try:
         series = ct_series(dss, names)
     except DicomDecodeError as exc:
-        return _skip(result, "undecodable", _redact(str(exc), source_id, folder))
+        raise _Skip("undecodable", str(exc)) from None
     except DicomError as exc:
-        return _skip(result, "bad_series", _redact(str(exc), source_id, folder))
+        raise _Skip("bad_series", str(exc)) from None
     try:
-        mask = segmentation_mask(seg, series, name=f"{pid}/seg/file{seg_idx}")
+        return series, segmentation_mask(seg, series, name=seg_name)
     except DicomDecodeError as exc:
-        return _skip(result, "undecodable", _redact(str(exc), source_id, folder))
+        raise _Skip("undecodable", str(exc)) from None
     except DicomError as exc:  # SegmentationError included
-        return _skip(result, "bad_seg", _redact(str(exc), source_id, folder))
-    spec = config.spec()
-    areas = (mask > 0).sum(axis=(1, 2))
-    if 0 < int(areas.max()) < spec.min_tumour_area_px:
-        return _skip(result, "tumour_too_small", f"largest tumour cross-section {int(areas.max())} px < "
-                     f"min_tumour_area_px {spec.min_tumour_area_px}")
-    try:
-        patches, pmasks, infos = extract_patches(series.hu, mask, float(series.pixel_spacing[0]), spec)
-    except DicomError as exc:  # SegmentationError: an empty mask
-        return _skip(result, "bad_seg", _redact(str(exc), source_id, folder))
-    result.patch, result.mask = patches, pmasks
-    result.records = [_manifest_record(pid, series, info) for info in infos]
-    return result
+        raise _Skip("bad_seg", str(exc)) from None
 
 
 def _manifest_record(pid: str, series: CTSeries, info: dict[str, Any]) -> dict[str, Any]:
@@ -548,82 +577,94 @@ def assemble_cohort(plan: CohortPlan, results: Iterable[PatientResult], out: str
     Raises:
         CohortError: ``results`` do not match ``plan.jobs`` one to one, or no patient is usable.
     """
-    cohort, config, key, table, clinical, gene_pid = (plan.cohort, plan.config, plan.key, plan.table,
-                                                      plan.clinical, plan.gene_pid)
     out = Path(out)
-    t0, seen = plan.t0, plan.seen
+    ok, skipped, instances = _collect_results(plan, results)
+    pids = [r.pseudo_id for r in ok]
+    splits = assign_splits(pids, plan.config.split_fractions, plan.config.split_seed)
+    manifest = pd.DataFrame([{**rec, "split": splits[r.pseudo_id]} for r in ok for rec in r.records])
+    manifest = manifest[["pseudo_id", "split"] + [c for c in manifest.columns if c not in ("pseudo_id", "split")]]
+    panel, genes = _normalised_genes(plan, pids, splits, manifest)
+    clin = plan.clinical.copy()
+    clin.index = pd.Index([pseudonymize(s, plan.key) for s in clin.index], name="pseudo_id")
+    clin = clin.sort_index().reset_index()
+    clin["split"] = clin["pseudo_id"].map(splits)
+    inst = pd.DataFrame(instances)
+    report = IngestReport(
+        patients_seen=len(plan.seen), ingested=len(ok), skipped={k: sorted(v) for k, v in sorted(skipped.items())},
+        splits={s: sum(1 for p in pids if splits[p] == s) for s in SPLITS}, n_genes=len(panel),
+        n_patches=len(manifest), missing_gene_values=plan.table.n_missing, n_instances=len(inst),
+        patch_size=plan.config.patch_size, seconds=0.0, out=str(out),
+    )
+    tables = {"genes.parquet": (genes, True), "manifest.parquet": (manifest, False),
+              "clinical.parquet": (clin, False), "instances.parquet": (inst, False)}
+    _write_datasets(out, plan, ok, panel, tables, report)
+    log.info("ingested %d of %d patients into %s (%s)", report.ingested, report.patients_seen, out,
+             ", ".join(f"{k}: {n}" for k, n in report.skipped_counts.items()) or "none skipped")
+    return report
+
+
+def _collect_results(plan: CohortPlan, results: Iterable[PatientResult]
+                     ) -> tuple[list[PatientResult], dict[str, list[str]], list[dict[str, Any]]]:
+    """``(usable results, skipped reason -> ids, instance rows)`` in the plan's patient order."""
     skipped = {k: list(v) for k, v in plan.skipped.items()}
     got = list(results)
     by_pid = {r.pseudo_id: r for r in got}
     expected = [job.pseudo_id for job in plan.jobs]
     if len(got) != len(expected) or sorted(by_pid) != sorted(expected):
         missing, extra = sorted(set(expected) - set(by_pid)), sorted(set(by_pid) - set(expected))
-        raise CohortError(f"cohort {str(cohort)!r}: got {len(got)} patient results for {len(expected)} jobs "
+        raise CohortError(f"cohort {str(plan.cohort)!r}: got {len(got)} patient results for {len(expected)} jobs "
                           f"(missing {missing}, unexpected {extra}); expected one result per planned patient")
-    results = []
+    ok: list[PatientResult] = []
     instances: list[dict[str, Any]] = []
     for pid in expected:  # patient order, whatever order the results arrived in
         r = by_pid[pid]
         instances.extend(r.instances)
         if r.ok:
-            results.append(r)
+            ok.append(r)
         else:
             skipped.setdefault(r.skip_reason or "unknown", []).append(pid)
-    if not results:
+    if not ok:
         counts = {k: len(v) for k, v in skipped.items()}
         raise CohortError(
-            f"cohort {str(cohort)!r}: no usable patient among {len(seen)} (skipped by reason: {counts}); "
+            f"cohort {str(plan.cohort)!r}: no usable patient among {len(plan.seen)} (skipped by reason: {counts}); "
             "see the log lines above for each patient"
         )
+    return ok, skipped, instances
 
-    pids = [r.pseudo_id for r in results]
-    splits = assign_splits(pids, config.split_fractions, config.split_seed)
-    manifest = pd.DataFrame([{**rec, "split": splits[r.pseudo_id]} for r in results for rec in r.records])
-    cols = ["pseudo_id", "split"] + [c for c in manifest.columns if c not in ("pseudo_id", "split")]
-    manifest = manifest[cols]
-    raw = table.expr.loc[[gene_pid[p] for p in pids]]
+
+def _normalised_genes(plan: CohortPlan, pids: list[str], splits: dict[str, str], manifest: pd.DataFrame
+                      ) -> tuple[GenePanel, pd.DataFrame]:
+    """The gene panel fitted on training patients and the normalised genes, one row per patch."""
+    raw = plan.table.expr.loc[[plan.gene_pid[p] for p in pids]]
     raw.index = pd.Index(pids, name="pseudo_id")
     train = np.array([splits[p] == "train" for p in pids])
     panel = GenePanel.fit(np.log2(raw[train] + 1.0))  # one row per patient, not per slice
     per_patient = pd.DataFrame(panel.normalise(raw, impute=True), index=raw.index, columns=list(panel.genes))
-    genes = per_patient.loc[manifest["pseudo_id"]]  # one row per patch, in manifest order
+    return panel, per_patient.loc[manifest["pseudo_id"]]  # in manifest order
 
-    clin = clinical.copy()
-    clin.index = pd.Index([pseudonymize(s, key) for s in clin.index], name="pseudo_id")
-    clin = clin.sort_index().reset_index()
-    clin["split"] = clin["pseudo_id"].map(splits)
 
-    inst = pd.DataFrame(instances)
-    report = IngestReport(
-        patients_seen=len(seen), ingested=len(results), skipped={k: sorted(v) for k, v in sorted(skipped.items())},
-        splits={s: sum(1 for p in pids if splits[p] == s) for s in SPLITS}, n_genes=len(panel),
-        n_patches=len(manifest),
-        missing_gene_values=table.n_missing, n_instances=len(inst), patch_size=config.patch_size,
-        seconds=0.0, out=str(out),
-    )
-    comp = config.parquet_compression
+def _write_datasets(out: Path, plan: CohortPlan, ok: list[PatientResult], panel: GenePanel,
+                    tables: dict[str, tuple[pd.DataFrame, bool]], report: IngestReport) -> None:
+    """Write every file into a temporary folder, check the contract, then replace ``out`` with it.
+    ``tables``: file name -> (frame, keep its index)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        np.save(tmp / "patches.npy", np.concatenate([r.patch for r in results]).astype(np.float32))
-        np.save(tmp / "masks.npy", np.concatenate([r.mask for r in results]).astype(np.uint8))
-        config.spec().write(tmp)
-        genes.to_parquet(tmp / "genes.parquet", compression=comp)
+        np.save(tmp / "patches.npy", np.concatenate([r.patch for r in ok]).astype(np.float32))
+        np.save(tmp / "masks.npy", np.concatenate([r.mask for r in ok]).astype(np.uint8))
+        plan.config.spec().write(tmp)
         panel.save(tmp / "gene_panel.json")
-        manifest.to_parquet(tmp / "manifest.parquet", index=False, compression=comp)
-        clin.to_parquet(tmp / "clinical.parquet", index=False, compression=comp)
-        inst.to_parquet(tmp / "instances.parquet", index=False, compression=comp)
+        for name, (frame, index) in tables.items():
+            kw = {} if index else {"index": False}
+            frame.to_parquet(tmp / name, compression=plan.config.parquet_compression, **kw)
         Datasets.load(tmp)  # the contract check, before anything replaces ``out``
-        report.seconds = time.perf_counter() - t0
+        report.seconds = time.perf_counter() - plan.t0
         (tmp / "ingest_report.json").write_text(json.dumps(report.to_json(), indent=2))
         (tmp / ORIGIN_FILE).write_text(json.dumps(cohort_origin(plan.cohort, len(plan.seen)), indent=2))
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("ingested %d of %d patients into %s (%s)", report.ingested, report.patients_seen, out,
-             ", ".join(f"{k}: {n}" for k, n in report.skipped_counts.items()) or "none skipped")
-    return report
 
 
 def _replace(tmp: Path, out: Path) -> None:

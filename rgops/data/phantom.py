@@ -112,13 +112,22 @@ def render(geom: Geometry, tumour: Tumour, scanner: Scanner, rng: np.random.Gene
         tumour mask of the same shape (before blur, i.e. the ground-truth extent).
     """
     z, y, x = _axes(geom)
-    half_fov = geom.rows * geom.pixel_spacing_mm / 2
-    Y = y[:, None]
-    X = x[None, :]
-    z_ext = max(float(np.abs(z).max()), 1.0)
+    vol, ax_body, ay_body = _chest(geom, y[:, None], x[None, :], rng)
+    # Lungs: ellipses either side of the mediastinum, smaller towards apex/base.
+    lung = (0.45 * ax_body, -0.06 * ay_body, 0.34 * ax_body, 0.72 * ay_body)  # lx, ly, lax, lay
+    lungs = _lungs(vol.shape, z, y[:, None], x[None, :], lung)
+    vol[lungs] = LUNG_HU
+    vol[_vessels(vol.shape, geom, z, lung, rng) & lungs] = SOFT_HU
+    mask = np.zeros(vol.shape, dtype=bool)
+    _draw_tumour(vol, mask, tumour, geom, (z, y, x), lung, rng)
+    return _scan(vol, geom, scanner, rng), mask
 
-    # Body and fat rim (2D, the same on every slice); the chest narrows a little with |z|.
-    # An adult chest is ~300 x 220 mm; a small field of view cuts it, as a targeted reconstruction would.
+
+def _chest(geom: Geometry, Y: np.ndarray, X: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float, float]:
+    """Body, fat rim and spine (2D, the same on every slice) as a float32 HU volume, and the body's
+    half axes. An adult chest is ~300 x 220 mm; a small field of view cuts it, as a targeted
+    reconstruction would."""
+    half_fov = geom.rows * geom.pixel_spacing_mm / 2
     ax_body = min(rng.uniform(135.0, 160.0), 0.95 * half_fov)
     ay_body = ax_body * rng.uniform(0.66, 0.76)
     fat = rng.uniform(6.0, 22.0)
@@ -129,22 +138,26 @@ def render(geom: Geometry, tumour: Tumour, scanner: Scanner, rng: np.random.Gene
     spine_y = 0.62 * ay_body
     d_spine = np.sqrt(X**2 + (Y - spine_y) ** 2)
     vol2d = np.where(d_spine <= spine_r, np.where(d_spine <= 0.75 * spine_r, MARROW_HU, BONE_HU), vol2d)
-    vol = np.broadcast_to(vol2d, (geom.n_slices, geom.rows, geom.rows)).copy()
+    return np.broadcast_to(vol2d, (geom.n_slices, geom.rows, geom.rows)).copy(), ax_body, ay_body
 
-    # Lungs: ellipses either side of the mediastinum, smaller towards apex/base.
-    lx = 0.45 * ax_body
-    lax, lay = 0.34 * ax_body, 0.72 * ay_body
-    ly = -0.06 * ay_body
+
+def _lungs(shape: tuple[int, ...], z: np.ndarray, Y: np.ndarray, X: np.ndarray,
+           lung: tuple[float, float, float, float]) -> np.ndarray:
+    """Both lungs' mask; the chest narrows a little with |z|."""
+    lx, ly, lax, lay = lung
+    z_ext = max(float(np.abs(z).max()), 1.0)
     taper = (1.0 - 0.25 * (z / z_ext) ** 2).astype(np.float32)[:, None, None]
-    lungs = np.zeros(vol.shape, dtype=bool)
+    lungs = np.zeros(shape, dtype=bool)
     for side in (-1.0, 1.0):
         lungs |= ((X - side * lx) / (lax * taper)) ** 2 + ((Y - ly) / (lay * taper)) ** 2 <= 1.0
-    vol[lungs] = LUNG_HU
+    return lungs
 
-    # Vessels: tubes drifting slowly with z, stamped as discs (the scanner blur smooths their edges),
-    # kept inside the lungs.
-    n_vessels = 14
-    vessels = np.zeros(vol.shape, dtype=bool)
+
+def _vessels(shape: tuple[int, ...], geom: Geometry, z: np.ndarray, lung: tuple[float, float, float, float],
+             rng: np.random.Generator, n_vessels: int = 14) -> np.ndarray:
+    """Vessels: tubes drifting slowly with z, stamped as discs (the scanner blur smooths their edges)."""
+    lx, ly, lax, lay = lung
+    vessels = np.zeros(shape, dtype=bool)
     ks = np.arange(geom.n_slices)
     centre_px = (geom.rows - 1) / 2
     for side in (-1.0, 1.0):
@@ -167,30 +180,23 @@ def render(geom: Geometry, tumour: Tumour, scanner: Scanner, rng: np.random.Gene
             kk = np.repeat(ks, dr.size)
             ok = (rr >= 0) & (rr < geom.rows) & (cc >= 0) & (cc < geom.rows)
             vessels[kk[ok], rr[ok], cc[ok]] = True
-    vol[vessels & lungs] = SOFT_HU
+    return vessels
 
-    mask = np.zeros(vol.shape, dtype=bool)
-    _draw_tumour(vol, mask, tumour, geom, (z, y, x), (lx, ly, lax, lay), rng)
 
-    # Scanner: white noise, then the kernel blur over image and noise together (one filter), so the
-    # noise texture follows the kernel as in real CT; the noise is pre-scaled so that its standard
-    # deviation after the blur is scanner.noise_hu.
+def _scan(vol: np.ndarray, geom: Geometry, scanner: Scanner, rng: np.random.Generator) -> np.ndarray:
+    """Scanner: white noise, then the kernel blur over image and noise together (one filter), so the
+    noise texture follows the kernel as in real CT; the noise is pre-scaled so that its standard
+    deviation after the blur is ``scanner.noise_hu``. Returns int16 HU clipped to [HU_MIN, HU_MAX]."""
     sigma_px = max(scanner.blur_mm / geom.pixel_spacing_mm, 0.6)
     gain = _gaussian_noise_gain(sigma_px) ** 2  # two in-plane dimensions
     vol += rng.standard_normal(vol.shape, dtype=np.float32) * np.float32(scanner.noise_hu / gain)
     vol = ndimage.gaussian_filter(vol, sigma=(0, sigma_px, sigma_px), truncate=3.0)
-    return np.clip(np.rint(vol), HU_MIN, HU_MAX).astype(np.int16), mask
+    return np.clip(np.rint(vol), HU_MIN, HU_MAX).astype(np.int16)
 
 
-def _draw_tumour(
-    vol: np.ndarray,
-    mask: np.ndarray,
-    t: Tumour,
-    geom: Geometry,
-    axes: tuple[np.ndarray, np.ndarray, np.ndarray],
-    lung: tuple[float, float, float, float],
-    rng: np.random.Generator,
-) -> None:
+def _draw_tumour(vol: np.ndarray, mask: np.ndarray, t: Tumour, geom: Geometry,
+                 axes: tuple[np.ndarray, np.ndarray, np.ndarray], lung: tuple[float, float, float, float],
+                 rng: np.random.Generator) -> None:
     z, y, x = axes
     lx, ly, lax, lay = lung
     side = rng.choice([-1.0, 1.0])

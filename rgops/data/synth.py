@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from rgops.config import to_dict
+from rgops.data.genomics import CLINICAL_COLUMNS
 from rgops.data.idc_reference import load_reference
 from rgops.data.phantom import Geometry, Scanner, Tumour, render
 from rgops.errors import CohortError, ConfigError
@@ -65,8 +66,6 @@ PHENOTYPE_DRIVER: dict[str, str] = {
     "spiculation": "emt",
     "ggo_fraction": "egfr_signalling",
 }
-CLINICAL_COLUMNS: tuple[str, ...] = ("patient_id", "age", "sex", "smoking_status", "pack_years", "histology",
-                                     "egfr_status", "kras_status", "survival_months", "event")
 
 # Real marker genes first in each module (published signatures: proliferation, hallmark hypoxia,
 # EMT, EGFR/MAPK output, cytotoxic T cells, interferon response); the rest of a module and the
@@ -440,6 +439,43 @@ PRIVATE_GROUP = 0x0009
 PRIVATE_CREATOR = "RGOPS SITE PACS"
 
 
+def _patient_study_modules(ds: Any, config: SynthConfig, i: int, p: Any, phi: _Phi) -> None:
+    """The attributes every slice of a patient's CT shares: patient (with planted PHI), study,
+    equipment and acquisition."""
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = phi.study_date
+    ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = phi.study_time
+    ds.AccessionNumber = phi.accession
+    ds.Modality = "CT"
+    ds.Manufacturer = p.manufacturer
+    ds.InstitutionName = phi.institution
+    ds.InstitutionAddress = phi.institution_address
+    ds.ReferringPhysicianName = phi.referring
+    ds.StationName = f"CT{1 + i % 3:02d}"
+    ds.StudyDescription = "CT CHEST WITH CONTRAST"
+    ds.SeriesDescription = f"{p.slice_thickness_mm:g}mm CHEST {p.kernel}"
+    ds.OperatorsName = phi.operator
+    ds.ManufacturerModelName = p.model
+    ds.PatientName = phi.name
+    ds.PatientID = p.patient_id
+    ds.PatientBirthDate = phi.birth_date
+    ds.PatientSex = phi.sex
+    ds.OtherPatientIDs = f"MRN{phi.mrn}"
+    ds.PatientAge = phi.age
+    ds.PatientAddress = phi.patient_address
+    ds.PatientTelephoneNumbers = phi.phone
+    ds.PatientComments = f"{phi.display}, DOB {phi.birth_date}, MRN {phi.mrn}; contrast allergy: none"
+    ds.BodyPartExamined = "CHEST"
+    ds.SliceThickness = f"{p.slice_thickness_mm:g}"
+    ds.KVP = "120"
+    ds.SpacingBetweenSlices = f"{p.slice_thickness_mm:g}"
+    ds.DataCollectionDiameter = f"{config.field_of_view_mm + 140:g}"
+    ds.ReconstructionDiameter = f"{config.field_of_view_mm:g}"
+    ds.ConvolutionKernel = p.kernel
+    ds.PatientPosition = "HFS"
+
+
 def _ct_datasets(config: SynthConfig, i: int, p: Any, phi: _Phi, hu: np.ndarray) -> list[Any]:
     """One pydicom Dataset per slice (CT Image Storage), slice k at z = -k * thickness."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -464,40 +500,9 @@ def _ct_datasets(config: SynthConfig, i: int, p: Any, phi: _Phi, hu: np.ndarray)
         meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         ds = Dataset()
         ds.file_meta = meta
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.SOPClassUID = CTImageStorage
         ds.SOPInstanceUID = sop_uid
-        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = phi.study_date
-        ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = phi.study_time
-        ds.AccessionNumber = phi.accession
-        ds.Modality = "CT"
-        ds.Manufacturer = p.manufacturer
-        ds.InstitutionName = phi.institution
-        ds.InstitutionAddress = phi.institution_address
-        ds.ReferringPhysicianName = phi.referring
-        ds.StationName = f"CT{1 + i % 3:02d}"
-        ds.StudyDescription = "CT CHEST WITH CONTRAST"
-        ds.SeriesDescription = f"{p.slice_thickness_mm:g}mm CHEST {p.kernel}"
-        ds.OperatorsName = phi.operator
-        ds.ManufacturerModelName = p.model
-        ds.PatientName = phi.name
-        ds.PatientID = p.patient_id
-        ds.PatientBirthDate = phi.birth_date
-        ds.PatientSex = phi.sex
-        ds.OtherPatientIDs = f"MRN{phi.mrn}"
-        ds.PatientAge = phi.age
-        ds.PatientAddress = phi.patient_address
-        ds.PatientTelephoneNumbers = phi.phone
-        ds.PatientComments = f"{phi.display}, DOB {phi.birth_date}, MRN {phi.mrn}; contrast allergy: none"
-        ds.BodyPartExamined = "CHEST"
-        ds.SliceThickness = f"{p.slice_thickness_mm:g}"
-        ds.KVP = "120"
-        ds.SpacingBetweenSlices = f"{p.slice_thickness_mm:g}"
-        ds.DataCollectionDiameter = f"{config.field_of_view_mm + 140:g}"
-        ds.ReconstructionDiameter = f"{config.field_of_view_mm:g}"
-        ds.ConvolutionKernel = p.kernel
-        ds.PatientPosition = "HFS"
+        _patient_study_modules(ds, config, i, p, phi)
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.StudyID = phi.study_id
@@ -646,42 +651,56 @@ def generate_cohort(
     clinical = sample_clinical(config, patients)
     n = len(patients)
     instances = 0
-    series = 0
     for i, p in enumerate(patients.itertuples(index=False)):
-        c = clinical.iloc[i]
-        phi = _phi(config, i, p.patient_id, int(c["age"]), str(c["sex"]))
-        geom = Geometry(config.image_size, int(p.n_slices), config.pixel_spacing_mm, float(p.slice_thickness_mm))
-        tumour = Tumour(*(float(getattr(p, name)) for name in ("diameter_mm", "spiculation", "ggo_fraction",
-                                                                 "necrosis", "heterogeneity", "attenuation_hu")))
-        hu, mask = render(geom, tumour, Scanner(float(p.blur_mm), float(p.noise_hu)),
-                          np.random.default_rng([config.seed, _S_RENDER, i]))
-        datasets = _ct_datasets(config, i, p, phi, hu)
-        series_dir = out / "ct" / p.patient_id / datasets[0].SeriesInstanceUID
-        series_dir.mkdir(parents=True)
-        for ds in datasets:
-            ds.save_as(series_dir / _file_name(ds.SOPInstanceUID), enforce_file_format=True)
-        instances += len(datasets)
-        series += 1
-        if config.write_seg and mask.any():
-            seg = _seg_dataset(config, p, phi, datasets, mask)
-            seg_dir = out / "ct" / p.patient_id / "seg"
-            seg_dir.mkdir()
-            seg.save_as(seg_dir / _file_name(seg.SOPInstanceUID), enforce_file_format=True)
-            instances += 1
-        elif config.write_seg:
-            log.warning("patient %s: tumour fell outside the volume, no SEG written", p.patient_id)
+        instances += _write_patient(out, config, i, p, clinical.iloc[i])
         if progress is not None:
             progress(i + 1, n)
+    series = n  # one CT series per patient
+    _write_tables(out, truth, config, patients, clinical)
+    for folder in (out, truth):
+        (folder / _IN_PROGRESS).unlink()
+    seconds = time.perf_counter() - t0
+    log.info("synthetic cohort: %d patients, %d series, %d instances, %d genes in %.1f s -> %s (truth %s)",
+             n, series, instances, config.n_genes, seconds, out, truth)
+    return {"patients": n, "series": series, "instances": instances, "genes": config.n_genes,
+            "seconds": round(seconds, 2), "out": str(out), "truth_out": str(truth)}
 
+
+def _write_patient(out: Path, config: SynthConfig, i: int, p: Any, clinical_row: pd.Series) -> int:
+    """Render patient ``i`` and write its CT series (and SEG); returns the number of instances written."""
+    phi = _phi(config, i, p.patient_id, int(clinical_row["age"]), str(clinical_row["sex"]))
+    geom = Geometry(config.image_size, int(p.n_slices), config.pixel_spacing_mm, float(p.slice_thickness_mm))
+    tumour = Tumour(*(float(getattr(p, name)) for name in ("diameter_mm", "spiculation", "ggo_fraction",
+                                                             "necrosis", "heterogeneity", "attenuation_hu")))
+    hu, mask = render(geom, tumour, Scanner(float(p.blur_mm), float(p.noise_hu)),
+                      np.random.default_rng([config.seed, _S_RENDER, i]))
+    datasets = _ct_datasets(config, i, p, phi, hu)
+    series_dir = out / "ct" / p.patient_id / datasets[0].SeriesInstanceUID
+    series_dir.mkdir(parents=True)
+    for ds in datasets:
+        ds.save_as(series_dir / _file_name(ds.SOPInstanceUID), enforce_file_format=True)
+    if config.write_seg and mask.any():
+        seg = _seg_dataset(config, p, phi, datasets, mask)
+        seg_dir = out / "ct" / p.patient_id / "seg"
+        seg_dir.mkdir()
+        seg.save_as(seg_dir / _file_name(seg.SOPInstanceUID), enforce_file_format=True)
+        return len(datasets) + 1
+    if config.write_seg:
+        log.warning("patient %s: tumour fell outside the volume, no SEG written", p.patient_id)
+    return len(datasets)
+
+
+def _write_tables(out: Path, truth: Path, config: SynthConfig, patients: pd.DataFrame, clinical: pd.DataFrame
+                  ) -> None:
+    """genes.tsv, clinical.csv and cohort.json into the cohort; the ground truth into ``truth``."""
     z = patients[list(PROGRAMS)].to_numpy()
     genes = sample_expression(config, z, list(patients["patient_id"]))
     genes.to_csv(out / "genes.tsv", sep="\t", index=False, float_format="%.3f", na_rep="", lineterminator="\n")
     clinical.to_csv(out / "clinical.csv", index=False, lineterminator="\n")
     (out / "cohort.json").write_text(json.dumps({
-        "format": COHORT_FORMAT, "generator": GENERATOR, "seed": config.seed, "n_patients": n,
+        "format": COHORT_FORMAT, "generator": GENERATOR, "seed": config.seed, "n_patients": len(patients),
         "n_genes": config.n_genes, "config": to_dict(config),
     }, indent=2) + "\n")
-
     _, modules = gene_modules(config)
     (truth / "ground_truth.json").write_text(json.dumps({
         "format": "rgops-truth/1", "generator": GENERATOR, "seed": config.seed,
@@ -690,14 +709,6 @@ def generate_cohort(
     }, indent=2) + "\n")
     cols = ["patient_id", *PROGRAMS, *PHENOTYPES, "site"]
     patients[cols].to_csv(truth / "patients.csv", index=False, float_format="%.6g", lineterminator="\n")
-
-    for folder in (out, truth):
-        (folder / _IN_PROGRESS).unlink()
-    seconds = time.perf_counter() - t0
-    log.info("synthetic cohort: %d patients, %d series, %d instances, %d genes in %.1f s -> %s (truth %s)",
-             n, series, instances, config.n_genes, seconds, out, truth)
-    return {"patients": n, "series": series, "instances": instances, "genes": config.n_genes,
-            "seconds": round(seconds, 2), "out": str(out), "truth_out": str(truth)}
 
 
 def synth_config(params: str | Path | None = None, **overrides: Any) -> SynthConfig:
@@ -720,4 +731,14 @@ def synth_config(params: str | Path | None = None, **overrides: Any) -> SynthCon
             raise ConfigError(f"params section 'synth' must be a mapping, got {type(section).__name__}")
         data.update(section)
     data.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(SynthConfig, data, "synth")
+
+
+def check_params(params: dict[str, Any]) -> SynthConfig:
+    """Read the ``synth`` section of a params mapping (unknown keys and wrong types refused)."""
+    from rgops.config import from_dict
+
+    data = params.get("synth") or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"params section 'synth' must be a mapping, got {type(data).__name__}")
     return from_dict(SynthConfig, data, "synth")

@@ -41,6 +41,7 @@ from rgops.evaluation import probe as P
 from rgops.evaluation.handcrafted import handcrafted_features
 from rgops.evaluation.protocol import PatientSplit, ProbeConfig, check_cohort, per_patient, probe_metrics
 from rgops.evaluation.radiomics import RadiomicsConfig, extract_radiomics
+from rgops.evaluation.result import EvaluationResult
 
 log = logging.getLogger(__name__)
 
@@ -393,31 +394,6 @@ def gan_metrics(
 
 
 # --- the whole evaluation ------------------------------------------------------------------------
-
-
-@dataclass
-class EvaluationResult:
-    """What :func:`evaluate` returns: flat metrics plus what the report draws."""
-
-    metrics: dict[str, float]
-    info: dict[str, Any]
-    details: dict[str, dict[str, Any]]
-    target_names: list[str]
-    targets: np.ndarray
-    strips: dict[str, np.ndarray]
-    feature_labels: dict[str, list[str]]
-    program_heads: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``evaluation.json`` document the promotion gates read (``metrics`` is flat)."""
-        sets: dict[str, Any] = {}
-        for name, d in self.details.items():
-            entry: dict[str, Any] = {"cv_r2": dict(zip(self.target_names, map(float, d["r2"])))}
-            if "recovery" in d:
-                entry["recovery"] = d["recovery"]
-            sets[name] = entry
-        return {"format": "rgops-evaluation/1", "metrics": self.metrics, "info": self.info, "feature_sets": sets,
-                "program_heads": self.program_heads}
 
 
 @dataclass

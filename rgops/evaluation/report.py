@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from rgops.evaluation.evaluate import EvaluationResult
+    from rgops.evaluation.result import EvaluationResult
 
 log = logging.getLogger(__name__)
 

@@ -16,31 +16,30 @@ from torch import nn
 from rgops.config import to_dict
 from rgops.data.datasets import Datasets
 from rgops.data.patch import log_scale
-from rgops.errors import ConfigError, TrainingError
+from rgops.errors import ConfigError
 from rgops.models.cae import CAEConfig, ConditionalAE
 from rgops.training.common import (
     CAETrainConfig,
+    LoopState,
     ProgressFn,
     SplitData,
     Tracker,
     TrainResult,
-    all_reduce_mean,
     augment,
     autocast,
+    close_epoch,
     dist_rank_world,
-    patient_batches,
     image_grid,
-    load_checkpoint,
     log_loss_curves,
     make_adamw,
     maybe_compile,
+    patient_batches,
     prepare_module,
     resolve_device,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
+    resume_loop,
+    save_loop,
     setup_device,
-    stage_split,
+    stage_splits,
     step_generator,
     unwrap,
     wrap_ddp,
@@ -152,8 +151,7 @@ def train_cae(datasets: Datasets, config: CAEConfig, train_cfg: CAETrainConfig, 
         datasets: the loaded datasets; only ``train`` rows are trained on, ``val`` rows evaluated.
         config: the model config (its image size and gene count must match ``datasets``).
         train_cfg: the training preset.
-        tracker: receives params, per-epoch metrics, reconstruction grids and loss curves
-            (rank 0 only under DDP).
+        tracker: receives params, per-epoch metrics, reconstructions, loss curves (rank 0 under DDP).
         device: ``auto`` (default), ``cpu``, ``cuda`` or a torch.device.
         checkpoint_dir: where ``last.pt`` is written every ``checkpoint_every`` steps and each epoch.
         resume: continue from ``checkpoint_dir/last.pt``.
@@ -168,100 +166,98 @@ def train_cae(datasets: Datasets, config: CAEConfig, train_cfg: CAETrainConfig, 
     rank, world = dist_rank_world()
     setup_device(dev, train_cfg.seed)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if resume and ckpt_dir is None:
-        raise ConfigError("resume asked for without a checkpoint directory; pass --checkpoint-dir DIR")
-
     model = prepare_module(ConditionalAE(config), dev)
     opt = make_adamw(model.parameters(), dev, train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    model_cfg_d, train_cfg_d, digest = to_dict(config), to_dict(train_cfg), datasets.digest()
-    history: list[dict[str, float]] = []
-    start_epoch, start_batch, step = 0, 0, 0
-    sums, seen = torch.zeros(len(LOSS_KEYS), device=dev), 0
-    if resume:
-        state = load_checkpoint(ckpt_dir, "cae", model_cfg_d, train_cfg_d, digest)  # type: ignore[arg-type]
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
-        sums, seen, history = state["sums"].to(dev), state["seen"], list(state["history"])
-        set_rng_state(state["rng"])
-        log.info("resumed CAE training at epoch %d, step %d", start_epoch, step)
-
-    train_rows, pids = datasets.indices("train"), datasets.patient_ids
-    if len(train_rows) == 0:
-        raise TrainingError("the datasets have no train rows; re-run `rgops ingest` with a larger cohort")
-    scale = log_scale(datasets.mm_per_px) if config.scale_input else None
-    targets = gene_targets(datasets.genes, pids, train_rows, config.aux_pcs) if config.aux_gene_head else None
-    train = stage_split(datasets.patches, datasets.genes, train_rows, dev, scale, targets, pids)
-    val = stage_split(datasets.patches, datasets.genes, datasets.indices("val"), dev, scale, targets, pids)
-    shown = val if len(val) else train
-    grid_idx = torch.arange(min(train_cfg.grid_size, len(shown)))
-    (grid_x, grid_g), (grid_s, _) = shown.batch(grid_idx, dev), shown.side(grid_idx, dev)
+    header = {"kind": "cae", "model_config": to_dict(config), "train_config": to_dict(train_cfg),
+              "dataset_digest": datasets.digest()}
+    parts = {"model": model, "optimizer": opt}
+    loop = (resume_loop(ckpt_dir, "cae", parts, header["model_config"], header["train_config"],
+                        header["dataset_digest"], dev) if resume else LoopState.start(len(LOSS_KEYS), dev))
+    train, val = _cae_splits(datasets, config, dev)
     run_model = maybe_compile(wrap_ddp(model, dev), train_cfg.compile, dev)
     log_to = tracker if rank == 0 else None
-    if log_to is not None:
-        log_to.log_params({**flat_params("model", model_cfg_d), **flat_params("train", train_cfg_d),
-                           "kind": "cae", "n_train": len(train), "n_val": len(val)})
-        log_to.set_tags(system_tags(dev, world))
-
-    def batches_of(epoch: int) -> list[torch.Tensor]:
-        return patient_batches(train.groups, len(train), train_cfg.batch_size, epoch, train_cfg.seed, rank, world,
-                               train_cfg.patient_repeats)
-
-    n_batches = len(batches_of(0))
-    total = n_batches * train_cfg.epochs
+    _log_start(log_to, header, len(train), len(val), dev, world)
+    grid = _grid_batch(val if len(val) else train, train_cfg.grid_size, dev)
+    total = len(_cae_batches(train, train_cfg, 0, rank, world)) * train_cfg.epochs
     last_ckpt: Path | None = None
-
-    def checkpoint(epoch: int, batch: int) -> Path | None:
-        if ckpt_dir is None or rank != 0:
-            return None
-        return save_checkpoint(ckpt_dir, {
-            "kind": "cae", "model_config": model_cfg_d, "train_config": train_cfg_d, "dataset_digest": digest,
-            "model": unwrap(model).state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "batch": batch,
-            "step": step, "sums": sums.cpu(), "seen": seen, "history": history, "rng": rng_state(),
-        })
-
     model.train()
-    for epoch in range(start_epoch, train_cfg.epochs):
-        batches = batches_of(epoch)
-        t0, first = time.perf_counter(), (start_batch if epoch == start_epoch else 0)
-        for b in range(first, len(batches)):
-            x, g = train.batch(batches[b], dev)
-            s, t = train.side(batches[b], dev)
-            x = augment(x, train_cfg.augment, step_generator(train_cfg.seed, rank, step, dev))
-            sums += cae_step(run_model, opt, x, g, s, t, train_cfg.aux_weight, dev) * len(x)
-            seen += len(x)
-            step += 1
+    while loop.epoch < train_cfg.epochs:
+        t0 = time.perf_counter()
+        batches = _cae_batches(train, train_cfg, loop.epoch, rank, world)
+        for b in range(loop.batch, len(batches)):
+            _train_batch(loop, train, batches[b], run_model, opt, train_cfg, dev, rank)
             if progress is not None:
-                progress(step, total)
-            if train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0 and b + 1 < len(batches):
-                last_ckpt = checkpoint(epoch, b + 1) or last_ckpt
-        seconds = time.perf_counter() - t0
-        means = all_reduce_mean(sums / max(seen, 1)).tolist()
-        if not all(torch.isfinite(torch.tensor(means))):
-            raise TrainingError(f"CAE loss became non-finite in epoch {epoch + 1} ({means}); lower the learning rate")
-        record = {"epoch": float(epoch + 1), **{f"train_{k}": v for k, v in zip(LOSS_KEYS, means)}}
-        if config.aux_gene_head is False:
+                progress(loop.step, total)
+            if train_cfg.checkpoint_every and loop.step % train_cfg.checkpoint_every == 0 and b + 1 < len(batches):
+                last_ckpt = save_loop(ckpt_dir, rank, header, parts, loop, loop.epoch, b + 1) or last_ckpt
+        val_fn = (lambda: {f"val_{k}": v for k, v in evaluate_cae(run_model, val, dev, train_cfg.batch_size).items()}
+                  ) if len(val) else None
+        record = close_epoch(loop, LOSS_KEYS, time.perf_counter() - t0, world, "CAE", val_fn)
+        if not config.aux_gene_head:
             record.pop("train_aux_mse")
-        if len(val):
-            record.update({f"val_{k}": v for k, v in evaluate_cae(run_model, val, dev, train_cfg.batch_size).items()})
-        record.update({"epoch_seconds": seconds, "images_per_second": seen * world / max(seconds, 1e-9)})
-        history.append(record)
-        sums, seen = torch.zeros(len(LOSS_KEYS), device=dev), 0
-        last_ckpt = checkpoint(epoch + 1, 0) or last_ckpt
-        if log_to is not None:
-            log_to.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
-            with torch.no_grad():
-                model.eval()
-                with autocast(dev):
-                    recon = unwrap(model)(grid_x, grid_g, grid_s)
-                model.train()
-            grid = image_grid(torch.cat([grid_x.float(), recon.float()]), nrow=len(grid_x))
-            log_to.log_image(grid, f"reconstructions/epoch_{epoch + 1:03d}.png")
-        log.info("CAE epoch %d/%d: %s", epoch + 1, train_cfg.epochs,
-                 ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
-
-    if log_to is not None and history:
-        log_loss_curves(log_to, history, "CAE")
+        last_ckpt = save_loop(ckpt_dir, rank, header, parts, loop, loop.epoch, 0) or last_ckpt
+        _log_cae_epoch(log_to, model, grid, record, train_cfg.epochs)
+    if log_to is not None and loop.history:
+        log_loss_curves(log_to, loop.history, "CAE")
     final = unwrap(model).to("cpu", memory_format=torch.contiguous_format).eval()
-    return TrainResult("cae", final, config, train_cfg, history, dict(history[-1]) if history else {},
-                       step, None, last_ckpt)
+    return TrainResult("cae", final, config, train_cfg, loop.history, dict(loop.history[-1]) if loop.history else {},
+                       loop.step, None, last_ckpt)
+
+
+def _train_batch(loop: LoopState, train: SplitData, idx: torch.Tensor, model: nn.Module, opt: torch.optim.Optimizer,
+                 cfg: CAETrainConfig, dev: torch.device, rank: int) -> None:
+    """One step on rows ``idx`` (augmented with the step's own generator), added to the epoch's sums."""
+    x, g = train.batch(idx, dev)
+    s, t = train.side(idx, dev)
+    x = augment(x, cfg.augment, step_generator(cfg.seed, rank, loop.step, dev))
+    loop.sums += cae_step(model, opt, x, g, s, t, cfg.aux_weight, dev) * len(x)
+    loop.seen += len(x)
+    loop.step += 1
+
+
+def _log_start(tracker: Tracker | None, header: dict[str, Any], n_train: int, n_val: int, dev: torch.device,
+               world: int) -> None:
+    if tracker is not None:
+        tracker.log_params({**flat_params("model", header["model_config"]),
+                            **flat_params("train", header["train_config"]),
+                            "kind": "cae", "n_train": n_train, "n_val": n_val})
+        tracker.set_tags(system_tags(dev, world))
+
+
+def _cae_splits(datasets: Datasets, config: CAEConfig, dev: torch.device) -> tuple[SplitData, SplitData]:
+    """Train and val splits with the patch scale and, for the gene head, the training split's gene PCs."""
+    train_rows, pids = datasets.indices("train"), datasets.patient_ids
+    scale = log_scale(datasets.mm_per_px) if config.scale_input else None
+    targets = (gene_targets(datasets.genes, pids, train_rows, config.aux_pcs)
+               if config.aux_gene_head and len(train_rows) else None)
+    return stage_splits(datasets.patches, datasets.genes, train_rows, datasets.indices("val"), dev, scale,
+                        targets, pids)
+
+
+def _cae_batches(train: SplitData, cfg: CAETrainConfig, epoch: int, rank: int, world: int) -> list[torch.Tensor]:
+    return patient_batches(train.groups, len(train), cfg.batch_size, epoch, cfg.seed, rank, world,
+                           cfg.patient_repeats)
+
+
+def _grid_batch(split: SplitData, size: int, dev: torch.device) -> tuple[torch.Tensor, ...]:
+    """The fixed rows whose reconstructions are logged each epoch: ``(x, g, s)``."""
+    idx = torch.arange(min(size, len(split)))
+    (x, g), (s, _) = split.batch(idx, dev), split.side(idx, dev)
+    return x, g, s
+
+
+def _log_cae_epoch(tracker: Tracker | None, model: nn.Module, grid: tuple[torch.Tensor, ...],
+                   record: dict[str, float], epochs: int) -> None:
+    """Log an epoch's record and the fixed rows' reconstructions (rank 0), and a log line."""
+    epoch = int(record["epoch"])
+    if tracker is not None:
+        tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+        grid_x, grid_g, grid_s = grid
+        with torch.no_grad():
+            model.eval()
+            with autocast(grid_x.device):
+                recon = unwrap(model)(grid_x, grid_g, grid_s)
+            model.train()
+        tracker.log_image(image_grid(torch.cat([grid_x.float(), recon.float()]), nrow=len(grid_x)),
+                          f"reconstructions/epoch_{epoch:03d}.png")
+    log.info("CAE epoch %d/%d: %s", epoch, epochs, ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))

@@ -510,3 +510,97 @@ def log_loss_curves(tracker: Tracker, history: list[dict[str, float]], title: st
     ax.legend(fontsize=7)
     fig.tight_layout()
     tracker.log_figure(fig, "plots/loss_curves.png")
+
+
+# ---- loop steps (resume, splits, close an epoch): step functions, not a trainer ---------------------
+
+
+@dataclass
+class LoopState:
+    """Where a training loop stands: what a checkpoint saves and a resume restores.
+
+    ``epoch``/``batch`` are the next to run; ``sums`` the running loss sums of the open epoch
+    (one entry per loss key) over ``seen`` images; ``history`` one record per closed epoch.
+    """
+
+    epoch: int
+    batch: int
+    step: int
+    sums: torch.Tensor
+    seen: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, n_losses: int, device: torch.device) -> "LoopState":
+        return cls(0, 0, 0, torch.zeros(n_losses, device=device), 0, [])
+
+    def checkpoint(self, epoch: int, batch: int) -> dict[str, Any]:
+        """The loop's part of a checkpoint, positioned at ``epoch``/``batch``."""
+        return {"epoch": epoch, "batch": batch, "step": self.step, "sums": self.sums.cpu(), "seen": self.seen,
+                "history": self.history, "rng": rng_state()}
+
+
+def resume_loop(checkpoint_dir: Path | None, kind: str, parts: Mapping[str, Any], model_config: dict[str, Any],
+                train_config: dict[str, Any], dataset_digest: str, device: torch.device) -> LoopState:
+    """Restore ``parts`` (checkpoint key -> module or optimizer) and the loop from ``checkpoint_dir/last.pt``.
+
+    Raises:
+        ConfigError: no checkpoint directory was given.
+        TrainingError: see :func:`load_checkpoint`.
+    """
+    if checkpoint_dir is None:
+        raise ConfigError("resume asked for without a checkpoint directory; pass --checkpoint-dir DIR")
+    state = load_checkpoint(checkpoint_dir, kind, model_config, train_config, dataset_digest)
+    for key, part in parts.items():
+        part.load_state_dict(state[key])
+    set_rng_state(state["rng"])
+    loop = LoopState(state["epoch"], state["batch"], state["step"], state["sums"].to(device), state["seen"],
+                     list(state["history"]))
+    log.info("resumed %s training at epoch %d, step %d", kind.upper(), loop.epoch, loop.step)
+    return loop
+
+
+def save_loop(checkpoint_dir: Path | None, rank: int, header: Mapping[str, Any], parts: Mapping[str, Any],
+              loop: LoopState, epoch: int, batch: int) -> Path | None:
+    """Checkpoint ``header`` (kind, configs, digest), the state dicts of ``parts`` and the loop (rank 0 only)."""
+    if checkpoint_dir is None or rank != 0:
+        return None
+    states = {key: unwrap(part).state_dict() if isinstance(part, nn.Module) else part.state_dict()
+              for key, part in parts.items()}
+    return save_checkpoint(checkpoint_dir, {**header, **states, **loop.checkpoint(epoch, batch)})
+
+
+def stage_splits(patches: np.ndarray, genes: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
+                 device: torch.device, scale: np.ndarray | None = None, targets: np.ndarray | None = None,
+                 patient_ids: np.ndarray | None = None) -> tuple[SplitData, SplitData]:
+    """The train and val splits staged for the loop (:func:`stage_split`).
+
+    Raises:
+        TrainingError: there are no training rows.
+    """
+    if len(train_rows) == 0:
+        raise TrainingError("the datasets have no train rows; re-run `rgops ingest` with a larger cohort")
+    return (stage_split(patches, genes, train_rows, device, scale, targets, patient_ids),
+            stage_split(patches, genes, val_rows, device, scale, targets, patient_ids))
+
+
+def close_epoch(loop: LoopState, loss_keys: tuple[str, ...], seconds: float, world: int, what: str,
+                val: Callable[[], Mapping[str, float]] | None = None) -> dict[str, float]:
+    """Close the open epoch ``loop.epoch``: mean losses over every rank, checked finite, as
+    ``train_<key>``, then ``val()``'s numbers and the throughput; appended to ``loop.history`` and
+    returned. The running sums restart and the loop moves to the next epoch.
+
+    Raises:
+        TrainingError: a mean loss is not finite.
+    """
+    means = all_reduce_mean(loop.sums / max(loop.seen, 1)).tolist()
+    if not all(math.isfinite(m) for m in means):
+        raise TrainingError(f"{what} loss became non-finite in epoch {loop.epoch + 1} ({means}); "
+                            "lower the learning rate")
+    record = {"epoch": float(loop.epoch + 1), **{f"train_{k}": v for k, v in zip(loss_keys, means)},
+              **(val() if val is not None else {}),
+              "epoch_seconds": seconds, "images_per_second": loop.seen * world / max(seconds, 1e-9)}
+    loop.history.append(record)
+    loop.sums, loop.seen = torch.zeros_like(loop.sums), 0
+    loop.epoch, loop.batch = loop.epoch + 1, 0
+    return record

@@ -75,3 +75,19 @@ def model_config(kind: Kind, datasets: Datasets, fields: dict[str, Any]) -> CAEC
                 log.info("CAE aux_pcs %d lowered to %d: the training split has %d patients and %d genes",
                          pcs, data["aux_pcs"], train, len(datasets.panel))
     return from_dict(_MODEL[kind], {**fields, **data}, f"train.{kind}.model")
+
+
+def check_params(params: dict[str, Any]) -> None:
+    """Read every model and preset of the ``train`` section (:func:`load_preset`), so that a bad value
+    in any preset fails at load, before anything is trained.
+
+    Raises:
+        ConfigError: an unknown kind, or the first bad key (dotted) of a model or preset.
+    """
+    train = section(params, "train")
+    unknown = sorted(set(train) - set(_MODEL))
+    if unknown:
+        raise ConfigError(f"train: unknown model kind(s) {unknown}; expected {sorted(_MODEL)}")
+    for kind in train:
+        for preset in section(params, f"train.{kind}").get("presets") or {}:
+            load_preset(params, kind, preset)  # type: ignore[arg-type]

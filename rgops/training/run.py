@@ -95,7 +95,8 @@ def train_and_log(kind: Literal["cae", "gan"], datasets_dir: str | Path, params:
         if rank != 0:
             train_fn(datasets, config, train_cfg, None, dev, ckpt, resume, None)  # type: ignore[arg-type]
             return None
-        from rgops.tracking import MlflowTracker, dvc_hash, git_commit, log_model, model_card
+        from rgops.lineage import dvc_hash, git_commit
+        from rgops.tracking import MlflowTracker, log_model, model_card
 
         run_id = None
         if resume and ckpt is not None and (ckpt / RUN_FILE).is_file():

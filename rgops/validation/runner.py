@@ -71,8 +71,12 @@ class Outcome:
         return f"{self.table}.{self.column or '*'}: {self.expectation}"
 
     def describe(self) -> str:
-        """One line: what failed, how many rows, example offending ids."""
-        parts = [f"{self.severity.upper():8s} {self.label}({self.rule})"]
+        """One line: severity, what failed, how many rows, example offending ids."""
+        return f"{self.severity.upper():8s} {self.detail()}"
+
+    def detail(self) -> str:
+        """What failed, how many rows, example offending ids (values only when numeric)."""
+        parts = [f"{self.label}({self.rule})"]
         if self.error:
             parts.append(f"could not run: {self.error}")
         elif self.unexpected_count is not None:
@@ -254,6 +258,17 @@ def _rule(kwargs: dict[str, Any]) -> str:
     return ", ".join(shown)
 
 
+def _quotable(value: Any) -> bool:
+    """Whether an offending value may be quoted in a report: numbers and booleans only. A text cell
+    (a clinical free-text field, a DICOM string) may carry a name; the report names it by column and
+    pseudonym instead."""
+    import numbers
+
+    import numpy as np
+
+    return isinstance(value, (bool, numbers.Number, np.bool_, np.number))
+
+
 def _outcome(suite: Suite, index: int, res: Any, n_examples: int) -> Outcome:
     cfg = suite.expectations[index]
     kwargs = dict(cfg.get("kwargs", {}))
@@ -279,7 +294,7 @@ def _outcome(suite: Suite, index: int, res: Any, n_examples: int) -> Outcome:
             continue
         seen.add(str(ident))
         ex: dict[str, Any] = {"id": _jsonable(ident)}
-        if column is not None and column != suite.id_column and column in row:
+        if column is not None and column != suite.id_column and column in row and _quotable(row[column]):
             ex["value"] = _jsonable(row[column])
         examples.append(ex)
         if len(examples) >= n_examples:
@@ -414,14 +429,8 @@ def validate_cohort(cohort: Path, config: ValidateConfig, out_dir: Path | None =
     """
     from rgops.data.pseudonym import load_key
 
-    t0 = time.perf_counter()
-    tables = cohort_tables(cohort, key if key is not None else load_key(), progress)
-    built = time.perf_counter() - t0
-    report = validate_tables(tables, config, "cohort", COHORT_SUITES, out_dir, suite_dir)
-    report.seconds["build"] = round(built, 4)
-    log.info("validated cohort: %d critical failure(s), %d warning(s)", len(report.critical_failures),
-             len(report.warnings))
-    return report
+    return _build_and_validate(lambda: cohort_tables(cohort, key if key is not None else load_key(), progress),
+                               config, "cohort", COHORT_SUITES, out_dir, suite_dir)
 
 
 def validate_datasets(datasets: Path, config: ValidateConfig, out_dir: Path | None = None, *,
@@ -431,12 +440,19 @@ def validate_datasets(datasets: Path, config: ValidateConfig, out_dir: Path | No
     Raises:
         DatasetError: the folder lacks files or its arrays do not line up.
     """
+    return _build_and_validate(lambda: datasets_tables(datasets), config, "datasets", DATASETS_SUITES, out_dir,
+                               suite_dir)
+
+
+def _build_and_validate(build: Any, config: ValidateConfig, target: str, suites: tuple[str, ...],
+                        out_dir: Path | None, suite_dir: Path | None) -> ValidationReport:
+    """Build the tables (timed as ``seconds["build"]``) and run the target's suites on them."""
     t0 = time.perf_counter()
-    tables = datasets_tables(datasets)
+    tables = build()
     built = time.perf_counter() - t0
-    report = validate_tables(tables, config, "datasets", DATASETS_SUITES, out_dir, suite_dir)
+    report = validate_tables(tables, config, target, suites, out_dir, suite_dir)
     report.seconds["build"] = round(built, 4)
-    log.info("validated datasets: %d critical failure(s), %d warning(s)", len(report.critical_failures),
+    log.info("validated %s: %d critical failure(s), %d warning(s)", target, len(report.critical_failures),
              len(report.warnings))
     return report
 
@@ -445,3 +461,46 @@ def write_json(report: ValidationReport, path: Path) -> None:
     """Write ``report.to_json()`` to ``path`` (parents created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report.to_json(), indent=2, sort_keys=False))
+
+
+def validate_path(path: str | Path, config: ValidateConfig, *, datasets: bool = False,
+                  docs_out: str | Path | None = None, json_out: str | Path | None = None,
+                  progress: Progress | None = None) -> ValidationReport:
+    """Validate a raw cohort (or, with ``datasets``, an ingested datasets folder): the one validation
+    step of ``rgops validate``, the DVC stages, ``flows/validate.py`` and the retrain flow.
+
+    The report carries the data version (:func:`rgops.lineage.data_version`: git revision and DVC
+    hash) and is written to ``json_out`` when given. It does not raise on failed expectations: callers
+    show or attach the report first, then call :func:`require_passed`.
+    """
+    from rgops.lineage import data_version
+
+    docs = Path(docs_out) if docs_out is not None else None
+    if datasets:
+        report = validate_datasets(Path(path), config, docs)
+    else:
+        report = validate_cohort(Path(path), config, docs, progress=progress)
+    report.data_version = data_version(path)
+    if json_out is not None:
+        write_json(report, Path(json_out))
+    return report
+
+
+def require_passed(report: ValidationReport) -> None:
+    """The one way validation fails: a :class:`~rgops.errors.DataValidationError` naming each failed
+    critical expectation (column, rule, offending pseudonyms) and the data version.
+
+    Raises:
+        DataValidationError: a critical expectation failed.
+    """
+    from rgops.errors import DataValidationError
+
+    if report.passed:
+        return
+    failed = "; ".join(o.detail() for o in report.critical_failures)
+    version = report.data_version or {}
+    where = f"{report.target} {version.get('path', '')}".strip()
+    raise DataValidationError(
+        f"{len(report.critical_failures)} critical expectation(s) failed: {failed}; {where} (data "
+        f"{str(version.get('dvc_hash'))[:12]}) was not accepted: fix the data, or the suites in expectations/, "
+        "then validate again")

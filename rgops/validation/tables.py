@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rgops.data.genomics import CLINICAL_CATEGORICAL, CLINICAL_NUMERIC
 from rgops.data.pseudonym import pseudonymize, pseudonymous_uid
 from rgops.errors import CohortError
 
@@ -179,9 +180,6 @@ def imaging_tables(cohort: str | Path, key: bytes, progress: Progress | None = N
     Raises:
         CohortError: the cohort has no ``ct/`` folder.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     ct = Path(cohort) / "ct"
     if not ct.is_dir():
         raise CohortError(f"cohort {str(cohort)!r} has no ct/ folder; expected ct/<PatientID>/<SeriesUID>/*.dcm "
@@ -192,42 +190,13 @@ def imaging_tables(cohort: str | Path, key: bytes, progress: Progress | None = N
     seg_rows: list[dict[str, Any]] = []
     unreadable = 0
     for done, pdir in enumerate(patients, 1):
-        seg_headers = []
-        sop_to_series: dict[str, str] = {}
-        patient_series: dict[str, dict[str, Any]] = {}
-        for sdir in sorted(d for d in pdir.iterdir() if d.is_dir()):
-            for f in sorted(sdir.glob("*.dcm")):
-                try:
-                    ds = pydicom.dcmread(f, stop_before_pixels=True)
-                except (InvalidDicomError, OSError, ValueError) as exc:
-                    unreadable += 1
-                    log.warning("skipped an unreadable DICOM file (%s) in one patient folder", type(exc).__name__)
-                    continue
-                if sdir.name == "seg":
-                    seg_headers.append(ds)
-                    continue
-                row = header_row(ds, key, fallback_patient_id=pdir.name)
-                images.append(row)
-                raw_series = str(ds.get("SeriesInstanceUID", ""))
-                sop_to_series[str(ds.get("SOPInstanceUID", ""))] = raw_series
-                entry = patient_series.setdefault(raw_series, {"row": row, "files": []})
-                z = ds.get("ImagePositionPatient")
-                order = _float(z[2]) if z is not None and len(z) == 3 else _int(ds.get("InstanceNumber"))
-                entry["files"].append((order if order is not None else 0.0, f))
+        seg_headers, sop_to_series, patient_series, bad = _read_patient_headers(pdir, key, images)
+        unreadable += bad
         counts: dict[str, int] = {uid: 0 for uid in patient_series}
         for seg in seg_headers:
-            removed = str(seg.get("PatientIdentityRemoved", "")).upper() == "YES"
-            ref = _referenced_series(seg, sop_to_series)
-            own = ref in patient_series
-            if own:
-                counts[ref] += 1
-            seg_rows.append({
-                "pseudo_id": _patient_pseudo(str(seg.get("PatientID", "") or pdir.name), removed, key),
-                "modality": str(seg.get("Modality", "")),
-                "referenced_series_uid": _uid(ref, removed, key),
-                "references_own_series": own,
-                "n_frames": _int(seg.get("NumberOfFrames")) or 0,
-            })
+            seg_rows.append(_seg_row(seg, pdir.name, sop_to_series, patient_series, key))
+            if seg_rows[-1]["references_own_series"]:
+                counts[_referenced_series(seg, sop_to_series)] += 1
         for uid, entry in patient_series.items():
             files = [f for _, f in sorted(entry["files"], key=lambda t: t[0])]
             hu_min, hu_max = _hu_range(files[len(files) // 2])
@@ -244,6 +213,54 @@ def imaging_tables(cohort: str | Path, key: bytes, progress: Progress | None = N
     segs = pd.DataFrame(seg_rows, columns=["pseudo_id", "modality", "referenced_series_uid",
                                            "references_own_series", "n_frames"])
     return imaging, series, segs
+
+
+def _read_patient_headers(pdir: Path, key: bytes, images: list[dict[str, Any]]
+                          ) -> tuple[list[Any], dict[str, str], dict[str, dict[str, Any]], int]:
+    """Read one patient's headers: CT rows go to ``images``; returns ``(SEG headers, SOP -> series UID,
+    series UID -> {"row", "files": [(z order, path)]}, number of unreadable files)``."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    seg_headers: list[Any] = []
+    sop_to_series: dict[str, str] = {}
+    patient_series: dict[str, dict[str, Any]] = {}
+    unreadable = 0
+    for sdir in sorted(d for d in pdir.iterdir() if d.is_dir()):
+        for f in sorted(sdir.glob("*.dcm")):
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True)
+            except (InvalidDicomError, OSError, ValueError) as exc:
+                unreadable += 1
+                log.warning("skipped an unreadable DICOM file (%s) in one patient folder", type(exc).__name__)
+                continue
+            if sdir.name == "seg":
+                seg_headers.append(ds)
+                continue
+            row = header_row(ds, key, fallback_patient_id=pdir.name)
+            images.append(row)
+            raw_series = str(ds.get("SeriesInstanceUID", ""))
+            sop_to_series[str(ds.get("SOPInstanceUID", ""))] = raw_series
+            entry = patient_series.setdefault(raw_series, {"row": row, "files": []})
+            z = ds.get("ImagePositionPatient")
+            order = _float(z[2]) if z is not None and len(z) == 3 else _int(ds.get("InstanceNumber"))
+            entry["files"].append((order if order is not None else 0.0, f))
+    return seg_headers, sop_to_series, patient_series, unreadable
+
+
+def _seg_row(seg: Any, folder_name: str, sop_to_series: dict[str, str], patient_series: dict[str, Any],
+             key: bytes) -> dict[str, Any]:
+    """One row of the segmentations table: a SEG header, pseudonymised, and whether it references its
+    own patient's series."""
+    removed = str(seg.get("PatientIdentityRemoved", "")).upper() == "YES"
+    ref = _referenced_series(seg, sop_to_series)
+    return {
+        "pseudo_id": _patient_pseudo(str(seg.get("PatientID", "") or folder_name), removed, key),
+        "modality": str(seg.get("Modality", "")),
+        "referenced_series_uid": _uid(ref, removed, key),
+        "references_own_series": ref in patient_series,
+        "n_frames": _int(seg.get("NumberOfFrames")) or 0,
+    }
 
 
 def gene_tables(path: str | Path, key: bytes) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -300,8 +317,6 @@ def gene_tables(path: str | Path, key: bytes) -> tuple[pd.DataFrame, pd.DataFram
     return genes, sample_table
 
 
-CLINICAL_CATEGORICAL = ("sex", "smoking_status", "histology", "egfr_status", "kras_status")
-CLINICAL_NUMERIC = ("age", "pack_years", "survival_months", "event")
 
 
 def clinical_table(path: str | Path, key: bytes) -> pd.DataFrame:
@@ -376,7 +391,7 @@ def datasets_tables(root: str | Path) -> dict[str, pd.DataFrame]:
     ``datasets_patches``: one row per patch (``pseudo_id, split, channels, side, min_value,
     max_value, n_nonfinite, gene_n_nonfinite, n_splits_of_patient``); min/max over finite values.
     ``datasets_genes``: one row per panel gene (``gene, train_mean, train_sd, n_nonfinite``),
-    statistics over finite train-split values (``ddof=0``). ``clinical`` from clinical.parquet,
+    statistics over finite train-split values, one per training patient (``ddof=0``). ``clinical`` from clinical.parquet,
     ``imaging`` and ``segmentations`` from instances.parquet (:func:`instance_tables`), when those
     files exist.
 
@@ -406,11 +421,11 @@ def datasets_tables(root: str | Path) -> dict[str, pd.DataFrame]:
         "gene_n_nonfinite": (~np.isfinite(ds.genes)).sum(axis=1),
         "n_splits_of_patient": manifest["pseudo_id"].map(n_splits).to_numpy(),
     })
-    # One row per training *patient*: genes.parquet repeats a patient's profile on each of its slices
-    # (patch contract v2), and the normalisation statistics are per patient.
-    rows = ds.indices("train")
-    first = rows[~manifest["pseudo_id"].iloc[rows].duplicated().to_numpy()]
-    train = ds.genes[first].astype(np.float64)
+    # One row per training patient: the panel is fitted per patient (a patient has several slices, and
+    # weighing patients by their slice count moves the mean off 0 on a small cohort).
+    train_rows = ds.indices("train")
+    first = ~manifest["pseudo_id"].iloc[train_rows].duplicated().to_numpy()
+    train = ds.genes[train_rows[first]].astype(np.float64)
     train = np.where(np.isfinite(train), train, np.nan)
     with np.errstate(all="ignore"):
         import warnings

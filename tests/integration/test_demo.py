@@ -32,12 +32,13 @@ def test_demo_end_to_end_and_no_identifier_leaves_the_cohort(tmp_path: Path) -> 
     params["ingest"].update(split_fractions=[0.5, 0.25, 0.25])
     # 24 patients split 12/12 are below the probe protocol's minimum (20 training patients): lowered here
     # to exercise the whole loop quickly (the refusal itself is tested in test_retrain_flow.py).
-    params["evaluate"].update(n_splits=3, inner_splits=2, min_train_patients=8, min_held_out_patients=8,
+    params["evaluate"].update(n_splits=3, inner_splits=2, min_train_patients=8, min_held_out_patients=6,
                               probe_inner_splits=3, n_boot=200)
     # The tiny preset trains for seconds: its models cannot clear the product's floors, so this test
-    # relaxes them (the gates themselves are tested in test_retrain_flow.py and test_registry.py).
+    # relaxes them (the gates themselves are tested in tests/unit/test_promotion.py and test_retrain_flow.py).
     params["promote"].update(
-        floors={"cae.cv_r2.mean": -100.0, "gan.frechet": 1e6, "gan.cond_consistency": -1.0})
+        floors={"cae.probe_r2.primary.lo": -100.0, "cae.probe_diff.radiomics.primary.hi": -100.0,
+                "gan.frechet": 1e6, "gan.cond_consistency": -1.0})
     params_path = tmp_path / "params.yaml"
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     out = tmp_path / "demo"

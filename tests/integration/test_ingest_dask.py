@@ -13,14 +13,6 @@ pytestmark = pytest.mark.integration
 TINY_KEY = os.environ["RGOPS_PSEUDONYM_KEY"].encode()
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
 def folder_bytes(root: Path) -> dict[str, bytes]:
     """Every file's bytes; ``ingest_report.json`` without ``seconds`` (wall time)."""
     out = {}

@@ -1,16 +1,14 @@
 """`rgops train` against a real `mlflow server` on localhost."""
 
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
+
+from tests.helpers import free_port, running_server
 
 pytestmark = pytest.mark.integration
 
@@ -18,33 +16,13 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     work = tmp_path_factory.mktemp("mlflow-server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent))
-    proc = subprocess.Popen([mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{work}/server.db",
-                             "--artifacts-destination", str(work / "artifacts"), "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"], cwd=work,
-                            stdout=subprocess.DEVNULL, stderr=open(work / "server.log", "wb"))
+    cmd = [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{work}/server.db", "--artifacts-destination",
+           str(work / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"mlflow server did not come up: {(work / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.5)
-    yield url, work
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with running_server(cmd, url + "/health", work / "server.log", cwd=work, timeout=180):
+        yield url, work
 
 
 def test_train_against_mlflow_server(mlflow_server, train_datasets_dir, monkeypatch, tmp_path):
@@ -72,5 +50,6 @@ def test_train_against_mlflow_server(mlflow_server, train_datasets_dir, monkeypa
     uri = run.data.tags["rgops.model_uri"]
     loaded = load_logged_model(uri)
     x, g = torch.rand(2, 1, 64, 64) * 2 - 1, torch.randn(2, 12)
+    s = torch.zeros(2)  # log2 mm per pixel: the CAE reads the patch scale (patch contract v2)
     with torch.no_grad():
-        assert torch.equal(loaded.module(x, g), mlflow.pytorch.load_model(uri).eval()(x, g))
+        assert torch.equal(loaded.module(x, g, s), mlflow.pytorch.load_model(uri).eval()(x, g, s))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_retrain_flow import REPO, prefect_harness, retrain_env  # noqa: F401 - fixtures
+from tests.helpers import free_port, running_server
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,18 +39,21 @@ def _env(tmp_path: Path) -> dict[str, str]:
                 MLFLOW_HTTP_REQUEST_TIMEOUT="10")
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _sigkill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL: the process gets no chance to clean up (no ``finally``, no MLflow end_run)."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
 
 
-def test_sigkill_mid_training_leaves_no_version_and_rerun_fails_the_orphan(prefect_harness, retrain_env, tmp_path):
+def test_sigkill_mid_training_leaves_no_version_and_rerun_fails_the_orphan(prefect_harness, retrain_env, tmp_path,
+                                                                            monkeypatch):
     from mlflow import MlflowClient
 
     from rgops.registry import Registry
 
     cohort, params = retrain_env
+    monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     work = tmp_path / "work"
     client = MlflowClient(uri)
@@ -73,7 +77,7 @@ def test_sigkill_mid_training_leaves_no_version_and_rerun_fails_the_orphan(prefe
         assert killed_run is not None, (f"training never started (exit code {proc.poll()}): "
                                         f"{log.read_text(errors='replace')[-3000:]}")
     finally:
-        _kill_group(proc)
+        _sigkill_group(proc)
 
     reg = Registry(uri)
     assert reg.versions("rgops-cae") == [] and reg.versions("rgops-gan") == []
@@ -92,32 +96,13 @@ def test_sigkill_mid_training_leaves_no_version_and_rerun_fails_the_orphan(prefe
     assert killed_run not in {v.run_id for v in versions}  # only the re-run's models were registered
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _mlflow_server(root: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination",
-         str(root / "server-artifacts"), "--workers", "1"],
-        cwd=root, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                import urllib.request
-
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
-                return proc
-        except OSError:
-            time.sleep(1)
-        if proc.poll() is not None:
-            break
-    _kill_group(proc)
-    pytest.fail(f"mlflow server did not start on port {port} (exit code {proc.poll()})")
+def _mlflow_server(root: Path, port: int):
+    """A real `mlflow server` on ``port`` over ``root/server.db`` (stopped on leaving the block)."""
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination",
+           str(root / "server-artifacts"), "--workers", "1"]
+    return running_server(cmd, f"http://127.0.0.1:{port}/health", root / f"server-{port}.log", cwd=root,
+                          timeout=180)
 
 
 def test_tracking_server_gone_before_promotion_fails_cleanly(prefect_harness, retrain_env, tmp_path, monkeypatch):
@@ -127,41 +112,38 @@ def test_tracking_server_gone_before_promotion_fails_cleanly(prefect_harness, re
     from rgops.registry import Registry
 
     cohort, params = retrain_env
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    server = _mlflow_server(tmp_path, port)
     work = tmp_path / "work"
     evaluation = work / "evaluation" / "evaluation.json"
     stop = threading.Event()
+    with _mlflow_server(tmp_path, port) as server:
 
-    def kill_after_evaluation() -> None:  # the server dies once both models are trained and evaluated
-        while not stop.is_set():
-            if evaluation.is_file():
-                _kill_group(server)
-                return
-            time.sleep(0.05)
+        def kill_after_evaluation() -> None:  # the server dies once both models are trained and evaluated
+            while not stop.is_set():
+                if evaluation.is_file():
+                    _sigkill_group(server)
+                    return
+                time.sleep(0.05)
 
-    watcher = threading.Thread(target=kill_after_evaluation, daemon=True)
-    watcher.start()
-    try:
-        from flows.retrain import retrain
+        watcher = threading.Thread(target=kill_after_evaluation, daemon=True)
+        watcher.start()
+        try:
+            from flows.retrain import retrain
 
-        state = retrain(cohort=str(cohort), workdir=str(work), params_path=str(params), preset="tiny",
-                        tracking_uri=uri, approval="auto", return_state=True)
-    finally:
-        stop.set()
-        watcher.join(timeout=10)
-        _kill_group(server)
+            state = retrain(cohort=str(cohort), workdir=str(work), params_path=str(params), preset="tiny",
+                            tracking_uri=uri, approval="auto", return_state=True)
+        finally:
+            stop.set()
+            watcher.join(timeout=10)
     assert state.is_failed()
     with pytest.raises(TrackingError, match=rf"MLflow tracking server at {uri} is unreachable"):
         state.result()
 
-    server = _mlflow_server(tmp_path, port)  # same backend store: what did it keep?
-    try:
+    with _mlflow_server(tmp_path, port):  # same backend store: what did it keep?
         reg = Registry(uri)
         for name in ("rgops-cae", "rgops-gan"):
             assert reg.versions(name) == [] and reg.aliases(name) == {} and reg.history(name) == []
-    finally:
-        _kill_group(server)

