@@ -111,6 +111,8 @@ class RgopsService:
 
         self.config = CONFIG
         load_api_keys()  # refuse to start without authentication configured
+        # BentoML configures its own loggers; the alias moves rgops.serving logs must reach the server log
+        logging.getLogger("rgops.serving").setLevel(logging.INFO)
         RETRY_AFTER_S[0] = self.config.retry_after_s
         torch.set_num_threads(self.config.torch_thread_count())
         self.device = self.config.torch_device()

@@ -32,8 +32,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def publish_tiny_champions(tracking_uri: str, seed: int = 0) -> dict[str, str]:
-    """Log a tiny CAE and GAN generator with rgops.tracking, register them and approve @champion."""
+def publish_tiny_champions(tracking_uri: str, seed: int = 0, patch: dict | None = None) -> dict[str, str]:
+    """Log a tiny CAE and GAN generator with rgops.tracking, register them and approve @champion
+    (``patch``: the patch contract their cards carry, as ingest's ``patch_spec.json`` would give it)."""
     import torch
 
     from rgops.data.datasets import GenePanel
@@ -52,6 +53,8 @@ def publish_tiny_champions(tracking_uri: str, seed: int = 0) -> dict[str, str]:
     versions = {}
     for kind, module, cfg in (("cae", ConditionalAE(cae_cfg), cae_cfg), ("gan", Generator(gan_cfg), gan_cfg)):
         card = model_card(kind, cfg, panel, None, {}, "d" * 64, "", "test")
+        if patch is not None:
+            card["patch"] = patch
         with MlflowTracker(experiment="serve-test", tracking_uri=tracking_uri) as tracker:
             uri = log_model(module, kind, cfg, panel, card)
             run_id = tracker.run_id
@@ -66,14 +69,14 @@ def publish_tiny_champions(tracking_uri: str, seed: int = 0) -> dict[str, str]:
     return versions
 
 
-def _publish_in(folder: Path, uri: str, seed: int = 0) -> dict[str, str]:
+def _publish_in(folder: Path, uri: str, seed: int = 0, patch: dict | None = None) -> dict[str, str]:
     """Publish from inside ``folder``: a SQLite store keeps its artifacts under the working
     directory (rgops.tracking.default_artifact_location), which must not be the checkout."""
     old_cwd, old_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
     os.chdir(folder)
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
-        return publish_tiny_champions(uri, seed)
+        return publish_tiny_champions(uri, seed, patch)
     finally:
         os.chdir(old_cwd)
         if old_uri is None:
@@ -83,14 +86,14 @@ def _publish_in(folder: Path, uri: str, seed: int = 0) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_server(tmp: Path, serve_params: str):
+def running_server(tmp: Path, serve_params: str, patch: dict | None = None):
     """A real `bentoml serve` over tiny champions in a SQLite registry under ``tmp``:
     yields (base URL, tracking URI, versions, log path, the `bentoml serve` Popen)."""
     import httpx
 
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "RGOPS_TRACKING_URI": uri}
-    versions = _publish_in(tmp, uri)
+    versions = _publish_in(tmp, uri, patch=patch)
     params = tmp / "params.yaml"
     params.write_text(serve_params)
     env.update({"RGOPS_API_KEYS": KEY, "BENTOML_HOME": str(tmp / "bentoml"), "RGOPS_PARAMS": str(params),
