@@ -280,7 +280,7 @@ RgopsService.add_asgi_middleware(
     RgopsGate,
     limits=BodyLimits(CONFIG.max_request_bytes, min(CONFIG.max_json_bytes, CONFIG.max_request_bytes),
                       CONFIG.max_json_depth,
-                      CONFIG.max_filename_chars, CONFIG.max_files + 32),
+                      CONFIG.max_filename_chars, CONFIG.max_files + 32, CONFIG.max_patches),
     routes=_route_fields(RgopsService),
     metrics_require_key=CONFIG.metrics_require_key,
 )

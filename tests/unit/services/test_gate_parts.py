@@ -35,6 +35,18 @@ def test_json_depth() -> None:
         check_json(b'{"a": ', LIMITS, "body")
 
 
+def test_too_many_patches_refused_from_the_body() -> None:
+    from services.boundary import read_json
+
+    body = json.dumps({"patches": [{"pixels": [[0.0]]}] * 300}).encode()
+
+    async def receive():  # noqa: ANN202
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    with pytest.raises(LimitExceeded, match="300 patches"):
+        asyncio.run(read_json(receive, BodyLimits(1 << 24, 1 << 24, 8, 20, 10, max_patches=256)))
+
+
 def test_metrics_count_route_templates_only() -> None:
     m = RequestMetrics(frozenset({"/extract"}))
     for path in ("/extract", "/patient-ANON-1", "/x" * 50):
