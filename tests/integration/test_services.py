@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import os
 import socket
 import subprocess
@@ -165,6 +166,16 @@ def test_probes_open_everything_else_needs_a_key(server) -> None:
         assert c.get("/metadata").status_code == 401
     with _client(base, "wrong-key-0123456789abcdef") as c:
         assert c.post("/generate", json={}).status_code == 401
+    with _client(base, None) as c:
+        twice = c.post("/generate", json={}, headers=[("Authorization", f"Bearer {KEY}"),
+                                                       ("Authorization", f"Bearer {KEY}")])
+        assert twice.status_code == 401 and twice.json()["error"] == "Unauthorized"
+        spaced = c.post("/generate", json={}, headers={"Authorization": f"Bearer  {KEY}"})
+        assert spaced.status_code == 401
+        for path in ("/patient-R01-777-secret", "/x/y/z"):
+            assert c.get(path, headers={"Authorization": f"Bearer {KEY}"}).status_code == 404
+        metrics = c.get("/metrics").text
+        assert 'route="other"' in metrics and "patient-R01" not in metrics and 'route="/generate"' in metrics
 
 
 def test_metadata_names_versions_and_genes(server) -> None:
@@ -313,6 +324,16 @@ def test_bad_uploads_are_4xx_and_the_server_lives_on(server) -> None:
                          headers={"Content-Type": "application/json"})  # no Content-Length
         assert chunked.status_code == 413
         assert c.get("/readyz").status_code == 200
+    # a plain urllib client (it sends the whole body before reading) sees the JSON refusals, not a reset
+    import urllib.error
+    import urllib.request
+
+    for key, status in (("wrong-key-0123456789abcdef", 401), (KEY, 413)):
+        req = urllib.request.Request(f"{base}/extract", data=b"\0" * (3 * 1024 * 1024), method="POST",
+                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "multipart/form-data; boundary=B"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=60)
+        assert err.value.code == status and json.loads(err.value.read())["request_id"]
 
 
 def test_reload_follows_the_alias(server) -> None:

@@ -126,6 +126,14 @@ def test_zip_bomb_stops_before_memory_grows() -> None:
         read_dicom_upload([("s.zip", buf.getvalue())], LIMITS)
 
 
+def test_npy_header_that_does_not_parse() -> None:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": ()})
+    data = buf.getvalue().replace(b"{", b" ", 1) + b"\0" * 64  # found by the fuzz suite: a tokenize error
+    with pytest.raises(ShapeError, match="cannot be read"):
+        read_npy_patches(data, S, 256)
+
+
 def test_npy_header_checked_before_loading() -> None:
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (2**38, 1, S, S)})
