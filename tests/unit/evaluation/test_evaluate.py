@@ -172,3 +172,19 @@ def test_gan_in_radiomics_space_is_scale_free(cohort):
     assert 0 < m["gan.frechet_ref"] < 100  # standardised features: a handful of units, not 1e14
     assert m["gan.frechet"] > m["gan.frechet_ref"]
     assert set(res.strips) == {"pc1", "pc2", "pc3"}  # no ground truth: traverse gene PCs
+
+
+def test_gates_refuse_an_untrained_cae_evaluated_on_the_protocol(result):
+    """An untrained CAE (random features) evaluated on the probe protocol fails the params.yaml floors
+    (its held-out interval reaches 0, or it is below radiomics beyond the noise), as a first version too."""
+    from pathlib import Path
+
+    from rgops.config import load_params
+    from rgops.promotion import PromoteConfig, evaluate_gates
+
+    params = load_params(Path(__file__).resolve().parents[3] / "params.yaml")
+    report = evaluate_gates("cae", result[0].metrics, PromoteConfig.from_params(params), validation="passed",
+                            validated_digest="d", data_digest="d")
+    assert not report.passed
+    failed = {(g.gate, g.metric) for g in report.failed}
+    assert failed & {("floor", "cae.probe_r2.primary.lo"), ("floor", "cae.probe_diff.radiomics.primary.hi")}, failed
