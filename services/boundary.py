@@ -49,6 +49,7 @@ class BodyLimits:
     max_json_depth: int
     max_filename_chars: int
     max_parts: int
+    max_patches: int = 256
 
 
 def too_deep(obj: Any, limit: int) -> bool:
@@ -65,7 +66,7 @@ def too_deep(obj: Any, limit: int) -> bool:
     return False
 
 
-def check_json(data: bytes, limits: BodyLimits, where: str) -> None:
+def check_json(data: bytes, limits: BodyLimits, where: str) -> Any:
     """Refuse JSON that does not parse or nests deeper than the limit (NaN and Infinity, which Python's
     json reads, pass here: the route refuses them with a message naming the field)."""
     try:
@@ -84,6 +85,7 @@ def check_json(data: bytes, limits: BodyLimits, where: str) -> None:
     if too_deep(value, limits.max_json_depth):
         raise InputRefused(f"{where} nests deeper than {limits.max_json_depth} levels (serve.max_json_depth); "
                            "send flat arrays and objects")
+    return value
 
 
 class Body:
@@ -131,7 +133,11 @@ async def read_json(receive: Receive, limits: BodyLimits) -> Body:
     async for chunk in _chunks(receive, limits.max_json_bytes, "the JSON body (serve.max_json_mb)"):
         buf += chunk
     if buf.strip():
-        check_json(bytes(buf), limits, "the JSON body")
+        value = check_json(bytes(buf), limits, "the JSON body")
+        patches = value.get("patches") if isinstance(value, dict) else None
+        if isinstance(patches, list) and len(patches) > limits.max_patches:
+            raise LimitExceeded(f"the request carries {len(patches)} patches; at most {limits.max_patches} per "
+                                "request (serve.max_patches): split it")
     return Body(bytes(buf))
 
 

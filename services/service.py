@@ -115,6 +115,8 @@ class RgopsService:
 
         self.config = CONFIG
         load_api_keys()  # refuse to start without authentication configured
+        # BentoML configures its own loggers; the alias moves rgops.serving logs must reach the server log
+        logging.getLogger("rgops.serving").setLevel(logging.INFO)
         RETRY_AFTER_S[0] = self.config.retry_after_s
         torch.set_num_threads(self.config.torch_thread_count())
         self.device = self.config.torch_device()
@@ -293,7 +295,7 @@ RgopsService.add_asgi_middleware(
     RgopsGate,
     limits=BodyLimits(CONFIG.max_request_bytes, min(CONFIG.max_json_bytes, CONFIG.max_request_bytes),
                       CONFIG.max_json_depth,
-                      CONFIG.max_filename_chars, CONFIG.max_files + 32),
+                      CONFIG.max_filename_chars, CONFIG.max_files + 32, CONFIG.max_patches),
     routes=_route_fields(RgopsService),
     metrics_require_key=CONFIG.metrics_require_key,
 )

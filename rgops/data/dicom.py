@@ -181,16 +181,18 @@ class CTSeries:
 
 
 def _float_list(ds: Dataset, keyword: str, n: int, name: str) -> np.ndarray:
+    """``n`` finite numbers from a multi-valued attribute, or a DicomError naming the file and attribute."""
     value = ds.get(keyword)
-    values = [value] if isinstance(value, (str, bytes, int, float)) else value
+    if value is None:
+        raise DicomError(f"{name!r} lacks {keyword} ({n} numbers expected); a CT slice needs it: re-export the file")
+    values = [value] if isinstance(value, (str, bytes, int, float)) else list(value)
+    if len(values) != n:
+        raise DicomError(f"{name!r}: {keyword} has {len(values)} value(s); expected {n} numbers: re-export the file")
     try:
-        if values is None or len(values) != n:
-            raise ValueError
         out = np.asarray([float(v) for v in values], dtype=np.float64)
     except (TypeError, ValueError, OverflowError):
-        got = "nothing" if value is None else f"{len(values) if hasattr(values, '__len__') else 1} value(s)"
-        raise DicomError(f"{name!r}: {keyword} must be {n} numbers, got {got} that are not; a CT slice "
-                         "needs it: re-export the file") from None
+        raise DicomError(f"{name!r}: {keyword} holds a value that is not a number; expected {n} numbers: "
+                         "re-export the file") from None
     if not np.isfinite(out).all():
         raise DicomError(f"{name!r}: {keyword} holds a non-finite number; expected {n} finite numbers")
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import os
 import socket
 import subprocess
@@ -32,8 +33,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def publish_tiny_champions(tracking_uri: str, seed: int = 0) -> dict[str, str]:
-    """Log a tiny CAE and GAN generator with rgops.tracking, register them and approve @champion."""
+def publish_tiny_champions(tracking_uri: str, seed: int = 0, patch: dict | None = None) -> dict[str, str]:
+    """Log a tiny CAE and GAN generator with rgops.tracking, register them and approve @champion
+    (``patch``: the patch contract their cards carry, as ingest's ``patch_spec.json`` would give it)."""
     import torch
 
     from rgops.data.datasets import GenePanel
@@ -52,6 +54,8 @@ def publish_tiny_champions(tracking_uri: str, seed: int = 0) -> dict[str, str]:
     versions = {}
     for kind, module, cfg in (("cae", ConditionalAE(cae_cfg), cae_cfg), ("gan", Generator(gan_cfg), gan_cfg)):
         card = model_card(kind, cfg, panel, None, {}, "d" * 64, "", "test")
+        if patch is not None:
+            card["patch"] = patch
         with MlflowTracker(experiment="serve-test", tracking_uri=tracking_uri) as tracker:
             uri = log_model(module, kind, cfg, panel, card)
             run_id = tracker.run_id
@@ -66,14 +70,14 @@ def publish_tiny_champions(tracking_uri: str, seed: int = 0) -> dict[str, str]:
     return versions
 
 
-def _publish_in(folder: Path, uri: str, seed: int = 0) -> dict[str, str]:
+def _publish_in(folder: Path, uri: str, seed: int = 0, patch: dict | None = None) -> dict[str, str]:
     """Publish from inside ``folder``: a SQLite store keeps its artifacts under the working
     directory (rgops.tracking.default_artifact_location), which must not be the checkout."""
     old_cwd, old_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
     os.chdir(folder)
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
-        return publish_tiny_champions(uri, seed)
+        return publish_tiny_champions(uri, seed, patch)
     finally:
         os.chdir(old_cwd)
         if old_uri is None:
@@ -83,14 +87,14 @@ def _publish_in(folder: Path, uri: str, seed: int = 0) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_server(tmp: Path, serve_params: str):
+def running_server(tmp: Path, serve_params: str, patch: dict | None = None):
     """A real `bentoml serve` over tiny champions in a SQLite registry under ``tmp``:
     yields (base URL, tracking URI, versions, log path, the `bentoml serve` Popen)."""
     import httpx
 
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "RGOPS_TRACKING_URI": uri}
-    versions = _publish_in(tmp, uri)
+    versions = _publish_in(tmp, uri, patch=patch)
     params = tmp / "params.yaml"
     params.write_text(serve_params)
     env.update({"RGOPS_API_KEYS": KEY, "BENTOML_HOME": str(tmp / "bentoml"), "RGOPS_PARAMS": str(params),
@@ -162,6 +166,16 @@ def test_probes_open_everything_else_needs_a_key(server) -> None:
         assert c.get("/metadata").status_code == 401
     with _client(base, "wrong-key-0123456789abcdef") as c:
         assert c.post("/generate", json={}).status_code == 401
+    with _client(base, None) as c:
+        twice = c.post("/generate", json={}, headers=[("Authorization", f"Bearer {KEY}"),
+                                                       ("Authorization", f"Bearer {KEY}")])
+        assert twice.status_code == 401 and twice.json()["error"] == "Unauthorized"
+        spaced = c.post("/generate", json={}, headers={"Authorization": f"Bearer  {KEY}"})
+        assert spaced.status_code == 401
+        for path in ("/patient-R01-777-secret", "/x/y/z"):
+            assert c.get(path, headers={"Authorization": f"Bearer {KEY}"}).status_code == 404
+        metrics = c.get("/metrics").text
+        assert 'route="other"' in metrics and "patient-R01" not in metrics and 'route="/generate"' in metrics
 
 
 def test_metadata_names_versions_and_genes(server) -> None:
@@ -310,6 +324,16 @@ def test_bad_uploads_are_4xx_and_the_server_lives_on(server) -> None:
                          headers={"Content-Type": "application/json"})  # no Content-Length
         assert chunked.status_code == 413
         assert c.get("/readyz").status_code == 200
+    # a plain urllib client (it sends the whole body before reading) sees the JSON refusals, not a reset
+    import urllib.error
+    import urllib.request
+
+    for key, status in (("wrong-key-0123456789abcdef", 401), (KEY, 413)):
+        req = urllib.request.Request(f"{base}/extract", data=b"\0" * (3 * 1024 * 1024), method="POST",
+                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "multipart/form-data; boundary=B"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=60)
+        assert err.value.code == status and json.loads(err.value.read())["request_id"]
 
 
 def test_reload_follows_the_alias(server) -> None:
