@@ -196,7 +196,7 @@ class RgopsService:
             out["slices"] = [feats.row(i) for i in range(len(patches))]
         return out
 
-    @bentoml.api(route="/extract_patches", batchable=True, max_batch_size=CONFIG.max_batch_size,
+    @bentoml.api(route="/extract_patches", batchable=CONFIG.adaptive_batching, max_batch_size=CONFIG.max_batch_size,
                  max_latency_ms=CONFIG.max_latency_ms)
     def extract_patches(self, patches: list[PatchIn]) -> list[PatchOut]:
         """Ready patches -> features, one result per patch (adaptive batching across requests)."""
