@@ -28,23 +28,29 @@ from _serving_harness import KEY, N_GENES, S, device, local_stack, percentiles  
 OUT = Path(__file__).resolve().parent / "results" / "load.json"
 
 
+def _bodies(patch_size: int, genes: list[str]) -> list[tuple[str, bytes]]:
+    """The two request bodies, serialised once (orjson): a base64 float32 patch and a profile."""
+    import base64
+
+    import orjson
+
+    rng = np.random.default_rng(0)
+    patch = rng.uniform(-1, 1, (patch_size, patch_size)).astype("<f4")
+    profile = {g: float(v) for g, v in zip(genes, rng.uniform(1, 10, len(genes)))}
+    return [("/extract_patches", orjson.dumps({"patches": [{"pixels_b64": base64.b64encode(patch.tobytes()).decode()}]})),
+            ("/generate", orjson.dumps({"profile": profile, "n_samples": 1}))]
+
+
 def run_load(base: str, key: str, clients: int, seconds: float, patch_size: int, genes: list[str]) -> dict:
     """Drive ``clients`` threads for ``seconds``; return counts, errors and latency percentiles.
 
     Bodies are serialised once (orjson) and posted over one keep-alive http.client connection per
     client, so the client is not the bottleneck. A 503 counts as shed load (it must carry
     Retry-After and an rgops body), anything else that is not a 200 as an error."""
-    import base64
     import http.client
     from urllib.parse import urlparse
 
-    import orjson
-
-    rng = np.random.default_rng(0)
-    patch = rng.uniform(-1, 1, (patch_size, patch_size)).astype("<f4")
-    bodies = [("/extract_patches", orjson.dumps({"patches": [{"pixels_b64": base64.b64encode(patch.tobytes()).decode()}]})),
-              ("/generate", orjson.dumps({"profile": {g: float(v) for g, v in zip(genes, rng.uniform(1, 10, len(genes)))},
-                                          "n_samples": 1}))]
+    bodies = _bodies(patch_size, genes)
     u = urlparse(base)
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     stop = time.perf_counter() + seconds

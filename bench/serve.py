@@ -134,8 +134,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--no-batching", action="store_true", help="serve.adaptive_batching: false")
     args = ap.parse_args()
-    with local_stack() as (base, uri, _):
+    out = OUT.with_name("serve_no_batching.json") if args.no_batching else OUT
+    with local_stack("  adaptive_batching: false\n" if args.no_batching else "") as (base, uri, _):
         s = _setup(uri)
         for body in ("json", "b64"):  # warm up both paths (and BentoML's batcher)
             _latency(Poster(base, "/extract_patches", s["bodies"][body]), 40)
@@ -143,16 +145,22 @@ def main() -> None:
         meta = Poster(base, "/metadata", b"{}")
         meta.conn.request("GET", "/metadata", headers=meta.headers)
         runtime = json.loads(meta.conn.getresponse().read())["runtime"]
+        import torch
+
+        torch.set_num_threads(runtime["torch_threads"])  # like for like: the server's torch threads
+        _latency(s["local_encode"], 10)
+        _latency(s["local_generate"], 3)
         repeats = [_one_repeat(base, s, args.n, args.concurrency, args.seconds) for _ in range(args.repeats)]
     summary = _summarise(repeats)
     res = {"device": device(), "server_runtime": runtime, "patch_size": S, "n_genes": N_GENES,
+           "adaptive_batching": not args.no_batching,
            "concurrency": args.concurrency, "repeats": repeats, "summary": summary,
            "note": "2-core machine shared with other jobs; HTTP and in-process interleaved in each repeat"}
     for k, v in summary.items():
         print(f"{k}: min {v['min']:.2f}, median {v['median']:.2f}")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(res, indent=2))
-    print(f"wrote {OUT}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    print(f"wrote {out}")
 
 
 def _summarise(repeats: list[dict]) -> dict[str, dict]:

@@ -211,7 +211,7 @@ class RgopsService:
                                  series_uid=series_uid, store=store, max_instances=self.config.limits.max_files)
         return {"request_id": current_request_id(), **out}
 
-    @bentoml.api(route="/extract_patches", batchable=True, max_batch_size=CONFIG.max_batch_size,
+    @bentoml.api(route="/extract_patches", batchable=CONFIG.adaptive_batching, max_batch_size=CONFIG.max_batch_size,
                  max_latency_ms=CONFIG.max_latency_ms)
     def extract_patches(self, patches: list[PatchIn]) -> list[PatchOut]:
         """Ready patches -> features, one result per patch (adaptive batching across requests)."""

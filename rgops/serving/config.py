@@ -45,6 +45,8 @@ class ServeConfig:
         max_side: most rows or columns of one DICOM frame.
         max_patches: most ready patches per request (``.npy`` upload or ``/extract_patches``).
         max_samples: most images one generation request may ask for.
+        adaptive_batching: ``/extract_patches`` batches concurrent requests (BentoML's adaptive batcher);
+            false: each request calls the model itself, in the server's threads.
         max_batch_size: adaptive batching: most patches the server encodes in one model call.
         max_latency_ms: adaptive batching: BentoML's latency budget per request; requests it
             predicts would exceed it are shed with 503, so on a CPU keep it well above one batch's time.
@@ -77,6 +79,7 @@ class ServeConfig:
     max_side: int = 4096
     max_patches: int = 256
     max_samples: int = 16
+    adaptive_batching: bool = True
     max_batch_size: int = 32
     max_latency_ms: int = 10000
     device: Literal["auto", "cpu", "cuda"] = "auto"

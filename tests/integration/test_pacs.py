@@ -283,6 +283,10 @@ def test_the_readme_standard_library_client_works(stack, tiny_cohort, tmp_path) 
     answer = namespace["extract"](stack[0], KEY, sorted(folder.rglob("*.dcm")))
     np.testing.assert_allclose(answer["latent"], _extract_upload(stack[0], study)["latent"], rtol=0, atol=1e-9)
     assert "trained_on" in answer["model"]
+    with _client(stack[0]) as c:
+        card = c.get("/metadata").json()["models"]["rgops-cae"]
+    assert card["trained_on"] == answer["model"]["trained_on"]
+    assert card["trained_on"]["origin"] == "unknown" and card["trained_on"]["data_digest"] == "d" * 64  # no datasets
 
 
 def test_secondary_capture_loads_in_orthanc_and_a_big_study_is_refused_before_retrieval(pacs, tiny_cohort) -> None:

@@ -395,3 +395,4 @@ def test_bounded_load_has_no_errors(server) -> None:
     res = run_load(server[0], KEY, clients=8, seconds=5, patch_size=S, genes=list(GENES))
     assert res["requests"] > 8 and res["errors"] == 0, res["error_examples"]
     assert res["all"]["p99_ms"] > 0
+    assert res["shed_503"] == res["shed_503_with_retry_after_and_rgops_body"]  # shed load says when to retry
