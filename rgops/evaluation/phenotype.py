@@ -20,8 +20,10 @@ Measures (one row per patch, :data:`MEASURES` in this order):
   band whose distance to its border is at least ``core_depth`` x the largest such distance); a
   necrotic core lowers it.
 
-:data:`PROGRAM_MEASURE` says which measure each imaging-linked program of the synthetic cohort
-drives and in which direction (docs/architecture.md): proliferation -> larger area, emt -> lower
+:data:`PHENOTYPE_MEASURE` says which measure shows each phenotype parameter of the synthetic
+cohort's ground truth and in which direction; :func:`program_links` turns the truth's
+``phenotypes`` map (parameter -> program) into program -> (measure, sign). For the demo cohort
+(:data:`PROGRAM_MEASURE`, docs/architecture.md): proliferation -> larger area, emt -> lower
 compactness, egfr_signalling -> more ground glass, hypoxia -> lower core attenuation.
 """
 
@@ -40,13 +42,30 @@ log = logging.getLogger(__name__)
 
 MEASURES: tuple[str, ...] = ("area_mm2", "compactness", "ggo_fraction", "core_hu")
 
-# program -> (measure, sign): the sign the measure moves with the program in the synthetic cohort.
-PROGRAM_MEASURE: dict[str, tuple[str, float]] = {
-    "proliferation": ("area_mm2", 1.0),
-    "hypoxia": ("core_hu", -1.0),
-    "emt": ("compactness", -1.0),
-    "egfr_signalling": ("ggo_fraction", 1.0),
+# ground-truth phenotype parameter -> (measure, sign): the sign the measure moves with the parameter.
+PHENOTYPE_MEASURE: dict[str, tuple[str, float]] = {
+    "diameter_mm": ("area_mm2", 1.0),
+    "spiculation": ("compactness", -1.0),
+    "ggo_fraction": ("ggo_fraction", 1.0),
+    "necrosis": ("core_hu", -1.0),
+    "attenuation_hu": ("core_hu", 1.0),
 }
+
+
+def program_links(phenotypes: Mapping[str, str]) -> dict[str, tuple[str, float]]:
+    """Ground truth ``{parameter: program}`` -> ``{program: (measure, sign)}``; a program driving
+    several measured parameters is judged on the first one listed (proliferation: diameter)."""
+    links: dict[str, tuple[str, float]] = {}
+    for parameter, program in phenotypes.items():
+        if parameter in PHENOTYPE_MEASURE and program not in links:
+            links[program] = PHENOTYPE_MEASURE[parameter]
+    return links
+
+
+# The demo cohort's (rgops.data.synth) links, for reference and tests.
+PROGRAM_MEASURE: dict[str, tuple[str, float]] = program_links({
+    "diameter_mm": "proliferation", "attenuation_hu": "proliferation", "necrosis": "hypoxia",
+    "spiculation": "emt", "ggo_fraction": "egfr_signalling"})
 
 
 @dataclass(frozen=True)
@@ -143,14 +162,16 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def phenotype_rho(measures: np.ndarray, programs: np.ndarray, names: Sequence[str], linked: Sequence[str],
-                  decoys: Sequence[str], prefix: str) -> dict[str, float]:
+                  decoys: Sequence[str], prefix: str, links: Mapping[str, tuple[str, float]] | None = None
+                  ) -> dict[str, float]:
     """Spearman of each measured phenotype with the program that drives it, across patients.
 
     Args:
         measures: ``(n, len(MEASURES))`` per-patient phenotype measures.
         programs: ``(n, len(names))`` per-patient program scores (the requested ones for generated
             images, the patients' own for real ones).
-        linked / decoys: program names; a linked program missing from :data:`PROGRAM_MEASURE` is skipped.
+        linked / decoys: program names; a linked program missing from ``links`` is skipped.
+        links: program -> (measure, sign) (:func:`program_links`); default :data:`PROGRAM_MEASURE`.
 
     Returns:
         ``<prefix>.<program>``: for a linked program the Spearman signed so that the expected direction
@@ -161,13 +182,14 @@ def phenotype_rho(measures: np.ndarray, programs: np.ndarray, names: Sequence[st
     if meas.ndim != 2 or meas.shape[1] != len(MEASURES) or prog.shape != (len(meas), len(names)):
         raise ShapeError(f"phenotype_rho: measures {meas.shape} must be (n, {len(MEASURES)}) and programs "
                          f"{prog.shape} must be (n, {len(names)})")
+    links = PROGRAM_MEASURE if links is None else links
     col = {n: j for j, n in enumerate(names)}
     out: dict[str, float] = {}
     linked_vals = []
     for p in linked:
-        if p not in PROGRAM_MEASURE or p not in col:
+        if p not in links or p not in col:
             continue
-        name, sign = PROGRAM_MEASURE[p]
+        name, sign = links[p]
         out[f"{prefix}.{p}"] = sign * spearman(meas[:, MEASURES.index(name)], prog[:, col[p]])
         linked_vals.append(out[f"{prefix}.{p}"])
     decoy_vals = []
@@ -183,25 +205,27 @@ def phenotype_rho(measures: np.ndarray, programs: np.ndarray, names: Sequence[st
     return out
 
 
-def strip_rho(measures_by_program: Mapping[str, np.ndarray], values: Sequence[float], prefix: str) -> dict[str, float]:
+def strip_rho(measures_by_program: Mapping[str, np.ndarray], values: Sequence[float], prefix: str,
+              links: Mapping[str, tuple[str, float]] | None = None) -> dict[str, float]:
     """Spearman of each program's measure with the traversal level along its strip.
 
     Args:
         measures_by_program: program -> ``(len(values), len(MEASURES))`` measures of its strip
-            (programs missing from :data:`PROGRAM_MEASURE` are skipped).
+            (programs missing from ``links``, default :data:`PROGRAM_MEASURE`, are skipped).
 
     Returns:
         ``<prefix>.<program>`` signed like :func:`phenotype_rho` and ``<prefix>.linked_min``.
     """
+    links = PROGRAM_MEASURE if links is None else links
     out = {}
     for p, meas in measures_by_program.items():
-        if p in PROGRAM_MEASURE:
-            name, sign = PROGRAM_MEASURE[p]
+        if p in links:
+            name, sign = links[p]
             out[f"{prefix}.{p}"] = sign * spearman(np.asarray(meas)[:, MEASURES.index(name)], np.asarray(values))
     if out:
         out[f"{prefix}.linked_min"] = float(min(out.values()))
     return out
 
 
-__all__ = ["MEASURES", "PROGRAM_MEASURE", "PhenotypeConfig", "lesion_mask", "measure", "measure_batch",
+__all__ = ["MEASURES", "PHENOTYPE_MEASURE", "PROGRAM_MEASURE", "PhenotypeConfig", "program_links", "lesion_mask", "measure", "measure_batch",
            "phenotype_rho", "spearman", "strip_rho"]
