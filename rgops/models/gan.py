@@ -8,7 +8,9 @@ In the spirit of Xu et al., "Correlation via synthesis" (MIDL 2020). Read bottom
   the condition ``w = MLP([z, embed(g)])`` set their scale and shift (FiLM / AdaIN), so the genes
   act at every scale.
   With ``scale_head`` the generator also says at which physical scale its patch is drawn:
-  :meth:`Generator.log_scale` ``g (B, G) -> (B,)`` predicts ``log2(mm_per_px)`` from the genes.
+  :meth:`Generator.log_scale` ``g (B, G) -> (B,)`` predicts ``log2(mm_per_px)`` from the genes
+  with a linear map that training fits by ridge regression and freezes (a regression on about a
+  hundred training patients, not an adversarial output).
   Patch contract v2 crops 2 x the tumour's bounding box, so every tumour fills about the same
   share of its patch and absolute size lives only in the scale: without it a generated image cannot
   show size (tumour area in mm^2 = pixels x mm_per_px^2).
@@ -150,8 +152,8 @@ class Generator(nn.Module):
         self.to_map = nn.Linear(w_dim, ch[0] * 16)  # -> (B, ch[0], 4, 4)
         self.blocks = nn.ModuleList(FiLMBlock(a, b, w_dim, c.groups, c.upsample) for a, b in zip(ch[:-1], ch[1:]))
         self.to_image = nn.Conv2d(ch[-1], 1, 3, padding=1)
-        # Its own small MLP on the genes: the scale is a regression, not an adversarial output.
-        self.scale = GeneEmbedding(c.n_genes, c.gene_hidden, 1) if c.scale_head else None
+        # A frozen linear map genes -> log2 mm/px, fitted by ridge before training (rgops.training.gan).
+        self.scale = nn.Linear(c.n_genes, 1).requires_grad_(False) if c.scale_head else None
 
     def log_scale(self, g: torch.Tensor) -> torch.Tensor:
         """``g (B, G) -> (B,)``: predicted ``log2(mm_per_px)`` of the patches drawn for these profiles.
@@ -167,10 +169,8 @@ class Generator(nn.Module):
             raise ShapeError(f"log_scale expects genes of shape (B, {self.config.n_genes}), got {tuple(g.shape)}")
         return self.scale(g).squeeze(1)
 
-    def forward(self, z: torch.Tensor, g: torch.Tensor, with_scale: bool = False
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """``z (B, z_dim), g (B, G) -> (B, 1, S, S)`` in [-1, 1]; with ``with_scale`` also the ``(B,)``
-        log2 mm/px of :meth:`log_scale` (one call, so that training under DDP reduces its gradients)."""
+    def forward(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """``z (B, z_dim), g (B, G) -> (B, 1, S, S)`` in [-1, 1] (the scale is :meth:`log_scale`)."""
         c = self.config
         if z.ndim != 2 or z.shape[1] != c.z_dim:
             raise ShapeError(f"generator expects noise of shape (B, {c.z_dim}), got {tuple(z.shape)}")
@@ -182,8 +182,7 @@ class Generator(nn.Module):
         h = self.to_map(w).view(z.shape[0], -1, 4, 4)  # (B, ch0, 4, 4)
         for block in self.blocks:  # 4 -> 8 -> ... -> S
             h = block(h, w)
-        image = torch.tanh(self.to_image(h))  # (B, 1, S, S)
-        return (image, self.log_scale(g)) if with_scale else image
+        return torch.tanh(self.to_image(h))  # (B, 1, S, S)
 
 
 class Discriminator(nn.Module):

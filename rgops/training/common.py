@@ -115,7 +115,9 @@ class GANTrainConfig:
             each time (batches sample patients, then slices).
         aux_weight: weight of the auxiliary gene-PC loss (discriminator on real images, generator
             on its samples) when the model has the head (``GANConfig.aux_pcs``).
-        scale_weight: weight of the generator's scale regression (``GANConfig.scale_head``).
+        diversity_weight: weight of the mode-seeking term (Mao et al. 2019, MSGAN): pairs of
+            samples of one profile are pushed apart in image space per unit of noise distance,
+            against a generator that ignores its noise (0 = off).
     """
 
     epochs: int
@@ -132,7 +134,7 @@ class GANTrainConfig:
     grid_size: int = 8
     patient_repeats: int = 1
     aux_weight: float = 1.0
-    scale_weight: float = 1.0
+    diversity_weight: float = 0.0
 
     def __post_init__(self) -> None:
         _check_common(self.epochs, self.batch_size, self.checkpoint_every, self.grid_size)

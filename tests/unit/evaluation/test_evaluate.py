@@ -188,3 +188,26 @@ def test_gan_in_radiomics_space_is_scale_free(cohort):
     assert 0 < m["gan.frechet_ref"] < 100  # standardised features: a handful of units, not 1e14
     assert m["gan.frechet"] > m["gan.frechet_ref"]
     assert set(res.strips) == {"pc1", "pc2", "pc3"}  # no ground truth: traverse gene PCs
+
+
+def test_untrained_generator_is_refused_by_the_phenotype_floor(result):
+    """The promotion floor on phenotype consistency (params.yaml, from measured null runs) refuses an
+    untrained generator, whatever its other numbers."""
+    from rgops.config import load_params
+
+    try:
+        from rgops.promotion import PromoteConfig, evaluate_gates
+    except ImportError:  # the gates live in rgops.registry until they move to rgops.promotion
+        from rgops.registry import PromoteConfig, evaluate_gates
+
+    res, _ = result
+    cfg = PromoteConfig.from_params(load_params("params.yaml"))
+    metric = "gan.phenotype_rho.linked_mean"
+    assert metric in cfg.floors and cfg.higher(metric)
+    report = evaluate_gates("gan", res.metrics, cfg, validation="passed", validated_digest="d", data_digest="d")
+    gate = next(r for r in report.results if r.metric == metric)
+    assert not gate.passed and gate.value < cfg.floors[metric]
+    # the same metrics with the phenotype consistency of real patches would clear that floor
+    real = {**res.metrics, metric: res.metrics["real.phenotype_rho.linked_mean"]}
+    again = evaluate_gates("gan", real, cfg, validation="passed", validated_digest="d", data_digest="d")
+    assert next(r for r in again.results if r.metric == metric).passed
