@@ -6,9 +6,10 @@
 Prints and appends one JSON record to ``bench/results/gan_phenotype.jsonl``: training seconds,
 ``gan.phenotype_rho.*`` (signed Spearman of each measured phenotype with its program across
 held-out profiles), ``gan.strip_rho.*``, ``gan.diversity_ratio``, ``gan.frechet_ratio`` and the
-real-patch reference ``real.phenotype_rho.*``. ``--null`` scores an untrained generator (the
-promotion floor's null runs). The Frechet feature space is a demo-preset CAE's latent (trained
-once and cached at ``--cae``), as in ``rgops evaluate``.
+real-patch reference ``real.phenotype_rho.*``. ``--null`` scores an untrained generator whose
+scale head is fitted (what training starts from: the promotion floor's null runs). The Frechet
+feature space is a demo-preset CAE's latent (trained once and cached at ``--cae``), as in
+``rgops evaluate``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from rgops.data.pseudonym import load_key  # noqa: E402
 from rgops.evaluation.evaluate import EvaluateConfig, GroundTruth, _gan_step, _targets  # noqa: E402
 from rgops.models.gan import Generator  # noqa: E402
 from rgops.training import load_preset, model_config, train_cae, train_gan  # noqa: E402
+from rgops.training.gan import fit_scale_head  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gan_phenotype.jsonl"
 KEYS = ("phenotype_rho", "strip_rho", "diversity_ratio", "frechet_ratio", "ms_ssim", "cond_consistency")
@@ -81,8 +83,9 @@ def main() -> None:
                                **({"epochs": args.epochs} if args.epochs else {}))
     t0 = time.perf_counter()
     if args.null:
-        torch.manual_seed(args.seed)
+        torch.manual_seed(args.seed)  # an untrained generator with its scale head fitted, as at step 0
         gen, steps = Generator(config).eval(), 0
+        fit_scale_head(gen, ds, args.seed)
     else:
         res = train_gan(ds, config, tcfg, device="cpu")
         gen, steps = res.module, res.steps

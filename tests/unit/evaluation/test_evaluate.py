@@ -206,7 +206,7 @@ def test_untrained_generator_is_refused_by_the_phenotype_floor(result):
     assert metric in cfg.floors and cfg.higher(metric)
     report = evaluate_gates("gan", res.metrics, cfg, validation="passed", validated_digest="d", data_digest="d")
     gate = next(r for r in report.results if r.metric == metric)
-    assert not gate.passed and gate.value < cfg.floors[metric]
+    assert not gate.passed and gate.challenger < cfg.floors[metric]
     # the same metrics with the phenotype consistency of real patches would clear that floor
     real = {**res.metrics, metric: res.metrics["real.phenotype_rho.linked_mean"]}
     again = evaluate_gates("gan", real, cfg, validation="passed", validated_digest="d", data_digest="d")
