@@ -96,8 +96,9 @@ def main() -> None:
     encoders = {"cae": cae_encoder(ds, params, Path(args.cae))}
     t1 = time.perf_counter()
     metrics, _ = _gan_step(gen, ds, encoders, targets, truth, cfg, info)
-    record = {"name": args.name, "null": args.null, "seed": args.seed, "steps": steps, "train_seconds": round(seconds, 1),
-              "eval_seconds": round(time.perf_counter() - t1, 1), "model": dataclasses.asdict(config) | {"n_genes": None},
+    record = {"name": args.name, "null": args.null, "seed": args.seed, "steps": steps,
+              "train_seconds": round(seconds, 1), "eval_seconds": round(time.perf_counter() - t1, 1),
+              "model": dataclasses.asdict(config) | {"n_genes": None},
               "train": {k: v for k, v in dataclasses.asdict(tcfg).items() if k != "augment"},
               "metrics": {k: round(v, 4) for k, v in metrics.items() if any(s in k for s in KEYS)}}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

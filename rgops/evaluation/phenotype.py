@@ -227,5 +227,6 @@ def strip_rho(measures_by_program: Mapping[str, np.ndarray], values: Sequence[fl
     return out
 
 
-__all__ = ["MEASURES", "PHENOTYPE_MEASURE", "PROGRAM_MEASURE", "PhenotypeConfig", "program_links", "lesion_mask", "measure", "measure_batch",
+__all__ = ["MEASURES", "PHENOTYPE_MEASURE", "PROGRAM_MEASURE", "PhenotypeConfig", "program_links", "lesion_mask",
+           "measure", "measure_batch",
            "phenotype_rho", "spearman", "strip_rho"]

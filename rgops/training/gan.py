@@ -1,9 +1,11 @@
 """Training the conditional GAN: hinge loss, mismatched-pair negatives, spectral norm, generator EMA,
-an auxiliary gene-PC head on the discriminator (AC-GAN) and the generator's scale regression.
+an auxiliary gene-PC head on the discriminator (AC-GAN), a mode-seeking diversity term (MSGAN) and
+the generator's scale head fitted by ridge before the first step.
 
-:func:`train_gan` reads as its steps: build the networks, stage the data, resume, then per batch
-:func:`train_step` (:func:`d_step`, :func:`g_step`, :func:`update_ema`) and per epoch
-:func:`end_epoch` (val scores, tracker metrics, the fixed-noise sample grid) and a checkpoint.
+:func:`train_gan` reads as its steps: :func:`build_state` (networks, scale head, optimisers),
+:func:`stage_gan_data`, optionally :func:`restore_state`, then per batch :func:`train_step`
+(:func:`d_step`, :func:`g_step`, :func:`update_ema`) and per epoch :func:`end_epoch`,
+a checkpoint (:func:`checkpoint_payload`) and :func:`log_epoch`.
 """
 
 from __future__ import annotations
@@ -174,11 +176,15 @@ class GANState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def build_state(config: GANConfig, train_cfg: GANTrainConfig, dev: torch.device) -> GANState:
-    """Fresh generator, discriminator, EMA copy and their Adam optimisers on ``dev``."""
+def build_state(config: GANConfig, train_cfg: GANTrainConfig, datasets: Datasets, dev: torch.device) -> GANState:
+    """Fresh generator (its scale head fitted, :func:`fit_scale_head`), discriminator, EMA copy and
+    their Adam optimisers on ``dev``, in training mode."""
     gen = prepare_module(Generator(config), dev)
+    fit_scale_head(gen, datasets, train_cfg.seed)
     disc = prepare_module(Discriminator(config), dev)
     ema = copy.deepcopy(gen).eval().requires_grad_(False)
+    gen.train()
+    disc.train()
     return GANState(gen, disc, ema, make_adamw(gen.parameters(), dev, train_cfg.lr_g, betas=train_cfg.betas),
                     make_adamw(disc.parameters(), dev, train_cfg.lr_d, betas=train_cfg.betas),
                     sums=torch.zeros(len(LOSS_KEYS), device=dev))
@@ -243,11 +249,21 @@ def stage_gan_data(datasets: Datasets, config: GANConfig, dev: torch.device) -> 
     scale = log_scale(datasets.mm_per_px)
     targets = gene_targets(datasets.genes, pids, train_rows, config.aux_pcs) if config.aux_pcs else None
     if targets is not None and targets.shape[1] < config.aux_pcs:  # fewer training patients than PCs
-        log.warning("only %d gene PCs exist for aux_pcs=%d; the rest are zero targets", targets.shape[1], config.aux_pcs)
+        log.warning("only %d gene PCs exist for aux_pcs=%d; the rest are zero targets",
+                    targets.shape[1], config.aux_pcs)
         targets = np.pad(targets, ((0, 0), (0, config.aux_pcs - targets.shape[1])))
     train = stage_split(datasets.patches, datasets.genes, train_rows, dev, scale, targets, pids)
     val = stage_split(datasets.patches, datasets.genes, datasets.indices("val"), dev, scale, targets)
     return train, val
+
+
+def fixed_grid(shown: SplitData, config: GANConfig, train_cfg: GANTrainConfig, dev: torch.device
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Real patches ``(n, 1, S, S)``, their profiles ``(n, G)`` and a fixed noise batch ``(n, z_dim)``
+    for the sample grid logged each epoch (the same every epoch, so grids compare across epochs)."""
+    grid_x, grid_g = shown.batch(torch.arange(min(train_cfg.grid_size, len(shown))), dev)
+    fixed_z = torch.randn(len(grid_x), config.z_dim, generator=torch.Generator().manual_seed(FIXED_NOISE_SEED))
+    return grid_x, grid_g, fixed_z.to(dev)
 
 
 def train_step(st: GANState, nets: tuple[nn.Module, nn.Module, nn.Module], train: SplitData, idx: torch.Tensor,
@@ -319,15 +335,11 @@ def train_gan(datasets: Datasets, config: GANConfig, train_cfg: GANTrainConfig, 
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     meta = {"kind": "gan", "model_config": to_dict(config), "train_config": to_dict(train_cfg),
             "dataset_digest": datasets.digest()}
-    st = build_state(config, train_cfg, dev)
-    fit_scale_head(unwrap(st.gen), datasets, train_cfg.seed)
-    st.ema.load_state_dict(unwrap(st.gen).state_dict())
+    st = build_state(config, train_cfg, datasets, dev)
     if resume:
         restore_state(st, ckpt_dir, meta, dev)
     train, val = stage_gan_data(datasets, config, dev)
-    shown = val if len(val) else train
-    grid_x, grid_g = shown.batch(torch.arange(min(train_cfg.grid_size, len(shown))), dev)
-    fixed_z = torch.randn(len(grid_x), config.z_dim, generator=torch.Generator().manual_seed(FIXED_NOISE_SEED)).to(dev)
+    grid = fixed_grid(val if len(val) else train, config, train_cfg, dev)
     run_gen = maybe_compile(wrap_ddp(st.gen, dev), train_cfg.compile, dev)
     run_disc = maybe_compile(wrap_ddp(st.disc, dev), train_cfg.compile, dev)
     nets = (run_gen, run_disc, maybe_compile(st.disc, train_cfg.compile, dev) if world > 1 else run_disc)
@@ -346,8 +358,6 @@ def train_gan(datasets: Datasets, config: GANConfig, train_cfg: GANTrainConfig, 
     def checkpoint() -> Path | None:
         return save_checkpoint(ckpt_dir, checkpoint_payload(st, meta)) if ckpt_dir is not None and rank == 0 else None
 
-    st.gen.train()
-    st.disc.train()
     while st.epoch < train_cfg.epochs:
         batches, t0 = batches_of(st.epoch), time.perf_counter()
         for b in range(st.batch, len(batches)):
@@ -359,7 +369,7 @@ def train_gan(datasets: Datasets, config: GANConfig, train_cfg: GANTrainConfig, 
                 last_ckpt = checkpoint() or last_ckpt
         record = end_epoch(st, val, time.perf_counter() - t0, world, config, train_cfg, dev)
         last_ckpt = checkpoint() or last_ckpt
-        log_epoch(log_to, st, record, (grid_x, grid_g, fixed_z), train_cfg, dev)
+        log_epoch(log_to, st, record, grid, train_cfg, dev)
     if log_to is not None and st.history:
         log_loss_curves(log_to, st.history, "GAN")
     final = st.ema.to("cpu", memory_format=torch.contiguous_format).eval()
