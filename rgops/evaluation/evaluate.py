@@ -309,6 +309,85 @@ def _noise(n: int, z_dim: int, seed: int):  # noqa: ANN202 - torch tensor
     return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
 
 
+def _scales(generator: Any, genes: np.ndarray, fallback: float) -> np.ndarray:
+    """mm per pixel of the patches generated for ``genes`` ``(n, G)``: the generator's scale head,
+    else ``fallback`` for every patch (a generator without one cannot show absolute size)."""
+    import torch
+
+    if not getattr(generator.config, "scale_head", False):
+        return np.full(len(genes), fallback)
+    device = next(generator.parameters()).device
+    with torch.no_grad():
+        g = torch.as_tensor(np.asarray(genes), dtype=torch.float32, device=device)
+        return np.exp2(generator.log_scale(g).float().cpu().numpy().astype(np.float64))
+
+
+@dataclass(frozen=True)
+class Programs:
+    """The programs behind the targets' columns: ``names`` (one per column), which of them drive an
+    imaging phenotype (``linked``), which are ``decoys``, and the measure each linked one moves
+    (``links``: program -> (measure, sign), :func:`rgops.evaluation.phenotype.program_links`)."""
+
+    names: tuple[str, ...]
+    linked: tuple[str, ...]
+    decoys: tuple[str, ...]
+    links: Mapping[str, tuple[str, float]]
+
+
+def phenotype_metrics(
+    generator: Any,
+    ds: Datasets,
+    eval_rows: np.ndarray,
+    train_rows: np.ndarray,
+    target_rows: Callable[[np.ndarray], np.ndarray],
+    programs: Programs,
+    directions: Mapping[str, np.ndarray],
+    cfg: EvaluateConfig,
+) -> dict[str, float]:
+    """Phenotypes measured on generated images against the programs that were asked for.
+
+    For each held-out patient's profile, ``cfg.samples_per_profile`` images are generated, measured
+    (:mod:`rgops.evaluation.phenotype`, at the generator's predicted mm/px) and averaged; the
+    Spearman of each measure with its driving program across patients is ``gan.phenotype_rho.*``.
+    The patients' own real patches, measured the same way (mean over their slices), give the
+    reference ``real.phenotype_rho.*``. Along each program's traversal (gene z-score levels
+    ``cfg.traversal_values``, 4 noise draws per level, averaged) the Spearman of the measure with the
+    level is ``gan.strip_rho.*``.
+    """
+    from rgops.evaluation import phenotype as PH
+    from rgops.evaluation.protocol import per_patient
+
+    z_dim, k = generator.config.z_dim, max(1, cfg.samples_per_profile)
+    pid = ds.patient_ids
+    patients = list(dict.fromkeys(pid[eval_rows]))
+    first = np.array([eval_rows[np.flatnonzero(pid[eval_rows] == p)[0]] for p in patients])
+    fallback = float(np.median(ds.mm_per_px[train_rows])) if len(train_rows) else float(np.median(ds.mm_per_px))
+    m: dict[str, float] = {}
+    want = target_rows(first)  # (P, K) the requested programs of each held-out profile
+    genes = np.repeat(ds.genes[first], k, axis=0)  # (P * k, G), k draws of each profile
+    imgs = _generate(generator, genes, _noise(len(genes), z_dim, cfg.seed + 2), cfg.batch_size)
+    meas = PH.measure_batch(ds.spec.to_hu(imgs), _scales(generator, genes, fallback))
+    gen_meas = meas.reshape(len(first), k, -1).mean(axis=1)
+    m.update(PH.phenotype_rho(gen_meas, want, programs.names, programs.linked, programs.decoys, "gan.phenotype_rho",
+                              programs.links))
+    real = PH.measure_batch(ds.spec.to_hu(ds.patches[eval_rows]), ds.mm_per_px[eval_rows])
+    real_pp = per_patient(pid[eval_rows], real, patients)
+    have = per_patient(pid[eval_rows], target_rows(eval_rows), patients)
+    m.update(PH.phenotype_rho(real_pp, have, programs.names, programs.linked, programs.decoys, "real.phenotype_rho",
+                              programs.links))
+    draws, levels = 4, np.asarray(cfg.traversal_values, dtype=np.float64)
+    base = np.zeros(ds.genes.shape[1], dtype=np.float32)
+    z = _noise(draws, z_dim, cfg.seed + 98).repeat_interleave(len(levels), dim=0)  # same draws at every level
+    by_program = {}
+    for name, d in directions.items():
+        g = np.tile(M.traversal_profiles(base, d, levels), (draws, 1))  # (draws * L, G)
+        strip_imgs = _generate(generator, g, z, cfg.batch_size)
+        strip = PH.measure_batch(ds.spec.to_hu(strip_imgs), _scales(generator, g, fallback))
+        by_program[name] = strip.reshape(draws, len(levels), -1).mean(axis=0)
+    m.update(PH.strip_rho(by_program, levels, "gan.strip_rho", programs.links))
+    return m
+
+
 def gan_metrics(
     generator: Any,
     ds: Datasets,
@@ -318,9 +397,10 @@ def gan_metrics(
     target_rows: Callable[[np.ndarray], np.ndarray],
     directions: Mapping[str, np.ndarray],
     cfg: EvaluateConfig,
+    programs: Programs | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Frechet distance with its real-vs-real reference, conditional consistency, diversity and
-    traversal strips of a :class:`~rgops.models.gan.Generator`.
+    """Frechet distance with its real-vs-real reference, conditional consistency, diversity,
+    phenotype consistency and traversal strips of a :class:`~rgops.models.gan.Generator`.
 
     Features are standardised with the real patches' mean and standard deviation before the
     Frechet distance, so ``gan.frechet`` is in units of real-feature variance, whatever the space.
@@ -331,9 +411,14 @@ def gan_metrics(
             Frechet sets) and of held-out patients (conditioning profiles for consistency).
         target_rows: patch rows -> gene targets ``(n, K)`` (module scores or gene PCs).
         directions: program name -> gene-space direction for its traversal strip.
+        programs: the programs behind ``target_rows``' columns (ground truth); with them the
+            phenotype metrics of :func:`phenotype_metrics` are added (``gan.phenotype_rho.*``,
+            ``gan.strip_rho.*``, ``real.phenotype_rho.*``).
 
     Returns:
         ``(metrics, strips)``: ``gan.*`` metrics and one ``(m, 1, S, S)`` strip per program.
+        ``gan.diversity_ratio`` is ``(1 - gan.ms_ssim) / (1 - gan.ms_ssim_real)``: diversity among
+        samples of one profile over diversity among real patches of different patients (>= 0.6 wanted).
     """
     z_dim = generator.config.z_dim
     m: dict[str, float] = {}
@@ -381,6 +466,9 @@ def gan_metrics(
         scores.append(M.mean_pairwise_ms_ssim(imgs))
     m["gan.ms_ssim"] = float(np.mean(scores))
     m["gan.ms_ssim_real"] = M.mean_pairwise_ms_ssim(ds.patches[real_rows], seed=cfg.seed)
+    m["gan.diversity_ratio"] = (1.0 - m["gan.ms_ssim"]) / max(1.0 - m["gan.ms_ssim_real"], 1e-12)
+    if programs is not None:
+        m.update(phenotype_metrics(generator, ds, eval_rows, train_rows, target_rows, programs, directions, cfg))
 
     # Traversal strips: one noise vector for the whole strip, only the program moves.
     z_fixed = _noise(1, z_dim, cfg.seed + 99).expand(len(cfg.traversal_values), -1)
@@ -588,7 +676,13 @@ def _gan_step(gan: Any, ds: Datasets, encoders: Mapping[str, Any], targets: _Tar
     else:  # a unit loading vector scaled by the PC's standard deviation: values are in SD units
         directions = {f"pc{i + 1}": targets.pc_basis[i] * targets.pcs_rows[:, i].std()
                       for i in range(min(3, len(targets.pc_basis)))}
-    return gan_metrics(gan, ds, featurise, train_rows, eval_rows, lambda r: targets.rows[r], directions, cfg)
+    programs = None
+    if truth is not None:
+        from rgops.evaluation.phenotype import program_links
+
+        programs = Programs(tuple(targets.names), tuple(truth.imaging_linked), tuple(truth.decoys),
+                            program_links(truth.phenotypes))
+    return gan_metrics(gan, ds, featurise, train_rows, eval_rows, lambda r: targets.rows[r], directions, cfg, programs)
 
 
 def write_outputs(result: EvaluationResult, out_json: str | Path, report_dir: str | Path,

@@ -111,6 +111,13 @@ class GANTrainConfig:
         augment: augmentation of the real patches.
         compile: ``torch.compile`` both networks on CUDA (ignored on CPU).
         grid_size: samples in the fixed-noise grid logged each epoch.
+        patient_repeats: an epoch visits every training patient this many times, one random slice
+            each time (batches sample patients, then slices).
+        aux_weight: weight of the auxiliary gene-PC loss (discriminator on real images, generator
+            on its samples) when the model has the head (``GANConfig.aux_pcs``).
+        diversity_weight: weight of the mode-seeking term (Mao et al. 2019, MSGAN): pairs of
+            samples of one profile are pushed apart in image space per unit of noise distance,
+            against a generator that ignores its noise (0 = off).
     """
 
     epochs: int
@@ -125,6 +132,9 @@ class GANTrainConfig:
     augment: AugmentConfig = AugmentConfig()
     compile: bool = False
     grid_size: int = 8
+    patient_repeats: int = 1
+    aux_weight: float = 1.0
+    diversity_weight: float = 0.0
 
     def __post_init__(self) -> None:
         _check_common(self.epochs, self.batch_size, self.checkpoint_every, self.grid_size)

@@ -113,6 +113,22 @@ def test_untrained_generator_is_far_from_real(result):
     assert set(res.strips) == set(PROGRAMS) and res.strips["size"].shape == (3, 1, S, S)
 
 
+def test_phenotype_metrics_of_generated_and_real_images(result):
+    res, _ = result
+    m = res.metrics
+    # size -> lesion area (mm^2), density -> core attenuation; the decoy takes the largest |rho| of any measure
+    for prefix in ("gan.phenotype_rho", "real.phenotype_rho"):
+        for key in ("size", "density", "decoy", "linked_min", "linked_mean", "decoy_max_abs"):
+            assert np.isfinite(m[f"{prefix}.{key}"]), f"{prefix}.{key}"
+    for key in ("size", "density", "linked_min"):
+        assert np.isfinite(m[f"gan.strip_rho.{key}"])
+    # real patches of this cohort show both phenotypes; an untrained generator shows neither
+    assert m["real.phenotype_rho.size"] > 0.7 and m["real.phenotype_rho.density"] > 0.7
+    assert m["real.phenotype_rho.decoy_max_abs"] < 0.5
+    assert m["gan.phenotype_rho.linked_mean"] < m["real.phenotype_rho.linked_mean"] - 0.4
+    assert m["gan.diversity_ratio"] == pytest.approx((1 - m["gan.ms_ssim"]) / (1 - m["gan.ms_ssim_real"]))
+
+
 def test_outputs_written(result, tmp_path):
     res, cfg = result
     files = write_outputs(res, tmp_path / "evaluation.json", tmp_path / "report", cfg)
@@ -188,3 +204,25 @@ def test_gates_refuse_an_untrained_cae_evaluated_on_the_protocol(result):
     assert not report.passed
     failed = {(g.gate, g.metric) for g in report.failed}
     assert failed & {("floor", "cae.probe_r2.primary.lo"), ("floor", "cae.probe_diff.radiomics.primary.hi")}, failed
+
+
+def test_untrained_generator_is_refused_by_the_phenotype_floor(result):
+    """The promotion floor on phenotype consistency (params.yaml, from measured null runs) refuses an
+    untrained generator, whatever its other numbers."""
+    from pathlib import Path
+
+    from rgops.config import load_params
+
+    from rgops.promotion import PromoteConfig, evaluate_gates
+
+    res, _ = result
+    cfg = PromoteConfig.from_params(load_params(Path(__file__).resolve().parents[3] / "params.yaml"))
+    metric = "gan.phenotype_rho.linked_mean"
+    assert metric in cfg.floors and cfg.higher(metric)
+    report = evaluate_gates("gan", res.metrics, cfg, validation="passed", validated_digest="d", data_digest="d")
+    gate = next(r for r in report.results if r.metric == metric)
+    assert not gate.passed and gate.challenger < cfg.floors[metric]
+    # the same metrics with the phenotype consistency of real patches would clear that floor
+    real = {**res.metrics, metric: res.metrics["real.phenotype_rho.linked_mean"]}
+    again = evaluate_gates("gan", real, cfg, validation="passed", validated_digest="d", data_digest="d")
+    assert next(r for r in again.results if r.metric == metric).passed

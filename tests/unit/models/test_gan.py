@@ -50,3 +50,28 @@ def test_errors():
         gen(torch.randn(2, 7), torch.randn(2, 5))
     with pytest.raises(ConfigError, match="power of two"):
         GANConfig(image_size=48, n_genes=5)
+
+
+def test_scale_head_and_auxiliary_gene_head():
+    import dataclasses
+
+    torch.manual_seed(0)
+    c = dataclasses.replace(cfg(), scale_head=True, aux_pcs=3, upsample="bilinear")
+    gen, disc = Generator(c), Discriminator(c)
+    z, g = torch.randn(4, 8), torch.randn(4, 5)
+    img = gen(z, g)  # the serving contract: images only
+    assert img.shape == (4, 1, 64, 64)
+    scale = gen.log_scale(g)
+    assert scale.shape == (4,) and not any(p.requires_grad for p in gen.scale.parameters())  # fitted, frozen
+    score, aux = disc(img, g, with_aux=True)
+    assert score.shape == (4,) and aux.shape == (4, 3) and disc.predict_genes(img).shape == (4, 3)
+    with pytest.raises(ShapeError, match=r"\(B, 5\)"):
+        gen.log_scale(torch.randn(4, 6))
+    plain_gen, plain_disc = Generator(cfg()), Discriminator(cfg())
+    with pytest.raises(ConfigError, match="scale_head"):
+        plain_gen.log_scale(g)
+    with pytest.raises(ConfigError, match="aux_pcs"):
+        plain_disc.predict_genes(img)
+    assert plain_disc(img, g, with_aux=True)[1] is None
+    with pytest.raises(ConfigError, match="upsample"):
+        GANConfig(n_genes=5, upsample="cubic")
