@@ -50,6 +50,10 @@ class PromoteConfig:
             the challenger may be.
         higher_is_better: metrics where larger is better.
         lower_is_better: metrics where smaller is better. Every gated metric must be in one list.
+        needs_ground_truth: floors that only a cohort with ground truth can measure (the GAN's
+            phenotype consistency): on an evaluation whose ``<kind>.ground_truth`` is 0 (site data)
+            such a floor is reported as not measurable and does not refuse; a missing flag or
+            metric still refuses.
     """
 
     approval: Literal["auto", "manual"] = "auto"
@@ -58,6 +62,7 @@ class PromoteConfig:
     tolerance: dict[str, float] = field(default_factory=dict)
     higher_is_better: tuple[str, ...] = ()
     lower_is_better: tuple[str, ...] = ()
+    needs_ground_truth: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         both = sorted(set(self.higher_is_better) & set(self.lower_is_better))
@@ -179,6 +184,13 @@ def floor_gate(metric: str, value: Any, floor: float, higher: bool) -> GateResul
                       f"gate floor[{metric}]: challenger {got:.4g}, required {rel} {floor:.4g}")
 
 
+def unmeasurable_gate(metric: str, floor: float) -> GateResult:
+    """``floor[metric]`` on a cohort without ground truth: reported, not refusing (see PromoteConfig)."""
+    return GateResult("floor", metric, None, float(floor), True,
+                      f"gate floor[{metric}]: not measurable on this cohort (no ground truth); floor "
+                      f"{floor:.4g} not applied, the other gates decide")
+
+
 def champion_gate(metric: str, value: Any, reference: Any, tol: float, higher: bool, *,
                   champion_version: str | None, comparable: bool, data_digests: tuple[str | None, str | None]
                   ) -> GateResult:
@@ -236,7 +248,9 @@ def evaluate_gates(
     """
     own = {m: v for m, v in config.floors.items() if m.startswith(f"{kind}.")}
     results = [validation_gate(validation, validated_digest, data_digest)] if config.require_validation else []
-    results += [floor_gate(m, challenger.get(m), floor, config.higher(m)) for m, floor in sorted(own.items())]
+    no_truth = challenger.get(f"{kind}.ground_truth") == 0.0
+    results += [unmeasurable_gate(m, floor) if no_truth and m in config.needs_ground_truth
+                else floor_gate(m, challenger.get(m), floor, config.higher(m)) for m, floor in sorted(own.items())]
     if champion is not None:
         comparable = champion_data_digest is None or data_digest is None or champion_data_digest == data_digest
         results += [champion_gate(m, challenger.get(m), champion.get(m), tol, config.higher(m),

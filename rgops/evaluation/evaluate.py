@@ -682,7 +682,12 @@ def _gan_step(gan: Any, ds: Datasets, encoders: Mapping[str, Any], targets: _Tar
 
         programs = Programs(tuple(targets.names), tuple(truth.imaging_linked), tuple(truth.decoys),
                             program_links(truth.phenotypes))
-    return gan_metrics(gan, ds, featurise, train_rows, eval_rows, lambda r: targets.rows[r], directions, cfg, programs)
+    metrics, strips = gan_metrics(gan, ds, featurise, train_rows, eval_rows, lambda r: targets.rows[r], directions,
+                                  cfg, programs)
+    # Phenotype consistency needs a cohort's ground truth (which measure follows which program); the
+    # gates read this flag to tell "not measurable on this cohort" from "missing" (rgops.promotion).
+    metrics["gan.ground_truth"] = float(truth is not None)
+    return metrics, strips
 
 
 def write_outputs(result: EvaluationResult, out_json: str | Path, report_dir: str | Path,

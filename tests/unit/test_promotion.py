@@ -96,12 +96,29 @@ def test_cae_clearly_below_radiomics_is_refused():
 
 
 def test_untrained_gan_is_refused():
-    metrics = {"gan.cond_consistency": -0.05, "gan.frechet": 40.0}
+    # an untrained demo generator's numbers (null runs: phenotype consistency 0.15-0.22)
+    metrics = {"gan.cond_consistency": -0.05, "gan.frechet": 40.0, "gan.phenotype_rho.linked_mean": 0.16,
+               "gan.ground_truth": 1.0}
     report = evaluate_gates("gan", metrics, PROJECT, **VALID)
-    (failed,) = report.failed
-    assert (failed.gate, failed.challenger, failed.reference) == ("floor", -0.05, 0.1)
+    failed = {f.metric: f for f in report.failed}
+    assert set(failed) == {"gan.cond_consistency", "gan.phenotype_rho.linked_mean"}
+    assert (failed["gan.cond_consistency"].challenger, failed["gan.cond_consistency"].reference) == (-0.05, 0.1)
     assert "gate floor[gan.cond_consistency]: challenger -0.05, required >= 0.1" in report.summary()
     assert "| floor | gan.cond_consistency | -0.05 | 0.1 | FAIL |" in report.to_markdown()
+    assert "gate floor[gan.phenotype_rho.linked_mean]: challenger 0.16, required >= 0.35" in report.summary()
+
+
+def test_phenotype_floor_is_not_applied_without_ground_truth_but_a_missing_flag_refuses():
+    """On site data (no ground truth) the phenotype consistency cannot be measured: the floor is
+    reported as such and the other gates decide; without the flag, a missing metric still refuses."""
+    good = {"gan.cond_consistency": 0.3, "gan.frechet": 20.0}
+    site = evaluate_gates("gan", {**good, "gan.ground_truth": 0.0}, PROJECT, **VALID)
+    assert site.passed, site.summary()
+    assert any("not measurable on this cohort" in r.detail for r in site.results)
+    unknown = evaluate_gates("gan", good, PROJECT, **VALID)
+    assert [f.metric for f in unknown.failed] == ["gan.phenotype_rho.linked_mean"]
+    synthetic = evaluate_gates("gan", {**good, "gan.ground_truth": 1.0}, PROJECT, **VALID)
+    assert [f.metric for f in synthetic.failed] == ["gan.phenotype_rho.linked_mean"]
 
 
 def test_challenger_worse_than_champion_beyond_tolerance_names_both_numbers():
