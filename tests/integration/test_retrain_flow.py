@@ -54,7 +54,7 @@ def test_retrain_twice_champion_then_refused(trained_registry, retrain_env, tmp_
     ingested_at = patches.stat().st_mtime_ns
     reg = Registry(uri)
     second = _run(retrain_env, tmp_path, uri, preset="worse", approval="auto")
-    assert second.is_failed()
+    assert second.is_failed(), reg.version("rgops-gan", 2).tags.get("rgops.gates.report")
     with pytest.raises(PromotionRefused, match=r"rgops-gan version 2 not promoted: gate vs_champion\[gan.frechet\]: "
                                                r"challenger [\d.]+, champion 1 [\d.]+, required <="):
         second.result()
