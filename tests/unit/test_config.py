@@ -31,7 +31,7 @@ def test_project_params_pass_the_whole_check():
     ("    gan.frechet: 100.0            #", "    gan.frechet: 1.0e9            #", "promote.floors.gan.frechet"),
     ("  n_boot: 1000", "  n_boot: 1.0e3", "evaluate.n_boot"),
     ("        lr: 0.002", "        lr: 2.0e-3x", "train.cae.presets.tiny.lr"),
-    ("  max_request_mb: 64", "  max_request_mb: many", "serve.max_request_mb"),
+    ("  max_request_mb: 1024", "  max_request_mb: many", "serve.max_request_mb"),
     ("  split_seed: 0", "  split_seed: 0.5", "ingest.split_seed"),
 ])
 def test_a_bad_number_in_any_section_is_refused_at_load_naming_the_key(tmp_path, old, new, key):
