@@ -30,9 +30,9 @@ def test_demo_end_to_end_and_no_identifier_leaves_the_cohort(tmp_path: Path) -> 
     params["synth"].update(image_size=128, field_of_view_mm=250.0, n_genes=300, genes_per_module=12,
                            min_slices=8, max_slices=14)
     params["ingest"].update(split_fractions=[0.5, 0.25, 0.25])
-    # 24 patients split 12/12 are below the probe protocol's minimum (20 training patients): lowered here
+    # 24 patients (split 7 / 17 under the test key) are below the probe protocol's minimum (20 training patients): lowered here
     # to exercise the whole loop quickly (the refusal itself is tested in test_retrain_flow.py).
-    params["evaluate"].update(n_splits=3, inner_splits=2, min_train_patients=8, min_held_out_patients=6,
+    params["evaluate"].update(n_splits=3, inner_splits=2, min_train_patients=6, min_held_out_patients=6,
                               probe_inner_splits=3, n_boot=200)
     # The tiny preset trains for seconds: its models cannot clear the product's floors, so this test
     # relaxes them (the gates themselves are tested in tests/unit/test_promotion.py and test_retrain_flow.py).
