@@ -132,11 +132,14 @@ def prefect_harness():
 def retrain_params(params: dict) -> dict:
     """params.yaml sized for the 16-patient retrain cohort: 8 training and 8 held-out patients under
     ``split_seed: 7``; presets ``good`` (trains the GAN for 40 steps) and ``worse`` (leaves it at its
-    initialisation, lr ~ 0: its Frechet distance is far above the champion's, beyond the tolerance);
+    initialisation, lr ~ 0: its Frechet distance, in radiomics features, is above the champion's);
     floors relaxed so that tiny models pass them (the gates are tested in tests/unit/test_promotion.py)."""
     params["ingest"].update(split_fractions=[0.5, 0.25, 0.25], split_seed=7)
     params["evaluate"] = {"n_splits": 2, "inner_splits": 2, "min_train_patients": 8, "min_held_out_patients": 4,
-                          "probe_inner_splits": 2}
+                          "probe_inner_splits": 2,
+                          # the tiny CAE's 2-epoch features cannot tell a trained generator from an untrained
+                          # one (Frechet 41.0 vs 39.6, even 38.5 for a diverged one): radiomics features can
+                          "gan_feature_space": "radiomics"}
     gan, cae = params["train"]["gan"]["presets"], params["train"]["cae"]["presets"]
     gan["good"] = {**gan["tiny"], "epochs": 10, "batch_size": 2, "lr_g": 0.002, "lr_d": 0.002}
     gan["worse"] = {**gan["tiny"], "epochs": 1, "lr_g": 1e-9, "lr_d": 1e-9}
@@ -144,8 +147,6 @@ def retrain_params(params: dict) -> dict:
     params["promote"].update(
         floors={"cae.probe_r2.primary.lo": -100.0, "cae.probe_diff.radiomics.primary.hi": -100.0,
                 "gan.frechet": 10000.0, "gan.cond_consistency": -1.0},
-        # gan.frechet tolerance 0: the untrained "worse" GAN must not be farther from the real patches
-        # than the champion (with a tolerance of 10 it passed, in the probe-protocol CAE's feature space).
         tolerance={"cae.probe_r2.primary": 1.0, "gan.frechet": 0.0, "gan.cond_consistency": 1.0})
     return params
 
