@@ -44,6 +44,9 @@ def _setup_logging(verbose: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("rgops").setLevel(level)
+    from rgops.data.dicom import quiet_value_warnings
+
+    quiet_value_warnings()  # raw cohort headers are not de-identified yet: no value of theirs in a log
 
 
 @app.callback()

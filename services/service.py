@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rgops import serving
 from rgops.config import load_params
+from rgops.data.dicom import quiet_value_warnings
 from rgops.errors import GeneTableError
 from services.boundary import BodyLimits, RouteFields
 from services.context import HEALTH, NEEDS_MODEL, current_request_id, note_model
@@ -117,6 +118,7 @@ class RgopsService:
         load_api_keys()  # refuse to start without authentication configured
         # BentoML configures its own loggers; the alias moves rgops.serving logs must reach the server log
         logging.getLogger("rgops.serving").setLevel(logging.INFO)
+        quiet_value_warnings()  # client headers are not de-identified: no value of theirs in the log
         RETRY_AFTER_S[0] = self.config.retry_after_s
         torch.set_num_threads(self.config.torch_thread_count())
         self.device = self.config.torch_device()

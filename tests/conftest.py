@@ -145,7 +145,7 @@ def retrain_params(params: dict) -> dict:
     gan["worse"] = {**gan["tiny"], "epochs": 1, "lr_g": 1e-9, "lr_d": 1e-9}
     cae["good"] = cae["worse"] = cae["tiny"]
     params["promote"].update(
-        floors={"cae.probe_r2.primary.lo": -100.0, "cae.probe_diff.radiomics.primary.hi": -100.0,
+        floors={"cae.probe_r2.primary.lo": -100.0, "cae.probe_diff.radiomics.primary": -100.0,
                 "gan.frechet": 10000.0, "gan.cond_consistency": -1.0},
         tolerance={"cae.probe_r2.primary": 1.0, "gan.frechet": 0.0, "gan.cond_consistency": 1.0})
     return params

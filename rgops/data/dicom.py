@@ -40,6 +40,22 @@ SPACING_TOL_MM = 1e-3
 GAP_TOL = 0.05
 
 
+def quiet_value_warnings() -> None:
+    """Stop pydicom from quoting header values in warnings and log records.
+
+    pydicom warns about values that break their VR (a UI of 808 characters, a malformed date) and
+    quotes the raw value, which for a header not yet de-identified (a raw cohort, a client upload)
+    can carry the patient's name or id into a log. rgops validates every value it uses itself and
+    names attributes, never values, so the servers and the CLI call this once at start: value
+    validation on read is switched off and pydicom's remaining warnings are dropped.
+    """
+    import warnings
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+
+
 def read_dicom(path: str | Path, stop_before_pixels: bool = False, name: str | None = None) -> Dataset:
     """Read one DICOM file.
 

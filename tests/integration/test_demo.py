@@ -37,7 +37,7 @@ def test_demo_end_to_end_and_no_identifier_leaves_the_cohort(tmp_path: Path) -> 
     # The tiny preset trains for seconds: its models cannot clear the product's floors, so this test
     # relaxes them (the gates themselves are tested in tests/unit/test_promotion.py and test_retrain_flow.py).
     params["promote"].update(
-        floors={"cae.probe_r2.primary.lo": -100.0, "cae.probe_diff.radiomics.primary.hi": -100.0,
+        floors={"cae.probe_r2.primary.lo": -100.0, "cae.probe_diff.radiomics.primary": -100.0,
                 "gan.frechet": 1e6, "gan.cond_consistency": -1.0})
     params_path = tmp_path / "params.yaml"
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))

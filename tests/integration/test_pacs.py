@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import pytest
 
 from rgops.dicom_sr import read_measurements
 from rgops.pacs import Pacs, PacsConfig, study_label
+from tests.helpers import free_port, running_server
 from tests.orthanc import orthanc
 from tests.study_factory import multi_series_study, to_bytes
 from tests.system_tools import dciodvfy_errors
@@ -58,10 +58,6 @@ def pacs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def stack(pacs, tmp_path_factory):
     """(base URL, tracking URI, folder, server log): `bentoml serve` with the PACS in its environment."""
-    import httpx
-
-    from tests.integration.test_services import _free_port
-
     tmp = tmp_path_factory.mktemp("edge-serve")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     _publish(tmp, uri)
@@ -69,31 +65,13 @@ def stack(pacs, tmp_path_factory):
     params.write_text("serve:\n  max_request_mb: 64\n  reload_poll_s: 0\n")
     env = {**os.environ, **pacs.env(), "MLFLOW_TRACKING_URI": uri, "RGOPS_API_KEYS": KEY,
            "BENTOML_HOME": str(tmp / "bentoml"), "RGOPS_PARAMS": str(params), "BENTOML_DO_NOT_TRACK": "true"}
-    port = _free_port()
+    port = free_port()
     log_path = tmp / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "services.service:RgopsService",
-                                 "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.time() + 180
-            while True:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"bentoml serve not ready: {log_path.read_text()[-3000:]}")
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(1)
-            yield base, uri, tmp, log_path
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    cmd = [sys.executable, "-m", "bentoml", "serve", "services.service:RgopsService", "--host", "127.0.0.1",
+           "--port", str(port)]
+    base = f"http://127.0.0.1:{port}"
+    with running_server(cmd, f"{base}/readyz", log_path, cwd=ROOT, env=env, timeout=180):
+        yield base, uri, tmp, log_path
 
 
 def _client(base: str):

@@ -8,16 +8,16 @@ import contextlib
 import io
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+
+from tests.helpers import free_port
+from tests.helpers import running_server as start_and_stop
 
 pytestmark = pytest.mark.integration
 
@@ -27,10 +27,7 @@ GENES = tuple(f"GENE{j}" for j in range(6))
 S = 32
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_free_port = free_port  # imported from here by the other serving integration tests
 
 
 def publish_tiny_champions(tracking_uri: str, seed: int = 0, patch: dict | None = None) -> dict[str, str]:
@@ -90,8 +87,6 @@ def _publish_in(folder: Path, uri: str, seed: int = 0, patch: dict | None = None
 def running_server(tmp: Path, serve_params: str, patch: dict | None = None):
     """A real `bentoml serve` over tiny champions in a SQLite registry under ``tmp``:
     yields (base URL, tracking URI, versions, log path, the `bentoml serve` Popen)."""
-    import httpx
-
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "RGOPS_TRACKING_URI": uri}
     versions = _publish_in(tmp, uri, patch=patch)
@@ -99,33 +94,12 @@ def running_server(tmp: Path, serve_params: str, patch: dict | None = None):
     params.write_text(serve_params)
     env.update({"RGOPS_API_KEYS": KEY, "BENTOML_HOME": str(tmp / "bentoml"), "RGOPS_PARAMS": str(params),
                 "BENTOML_DO_NOT_TRACK": "true"})
-    port = _free_port()
-    log = open(tmp / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "services.service:RgopsService",
-                             "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    port = free_port()
+    cmd = [sys.executable, "-m", "bentoml", "serve", "services.service:RgopsService", "--host", "127.0.0.1",
+           "--port", str(port)]
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 150
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited: {(tmp / 'server.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError(f"server not ready: {(tmp / 'server.log').read_text()[-3000:]}")
-            time.sleep(1)
+    with start_and_stop(cmd, f"{base}/readyz", tmp / "server.log", cwd=ROOT, env=env, timeout=150) as proc:
         yield base, uri, versions, tmp / "server.log", proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")
