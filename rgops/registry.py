@@ -46,9 +46,6 @@ from typing import TYPE_CHECKING, Any
 
 from rgops.errors import PromotionRefused, RegistryError
 from rgops.promotion import KINDS, GateReport, model_name
-# Re-exported for callers written before the gates moved (tests/integration/test_services.py, being
-# rewritten on the serving branch); new code imports them from rgops.promotion.
-from rgops.promotion import PromoteConfig, evaluate_gates  # noqa: F401
 from rgops.tracking import make_client, mlflow_errors
 
 if TYPE_CHECKING:

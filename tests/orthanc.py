@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.helpers import free_port
 from tests.system_tools import PLUGIN, require
 
 USER = "rgops-test"
@@ -50,12 +50,6 @@ class OrthancServer:
             return r.json()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def orthanc(folder: Path) -> Iterator[OrthancServer]:
     """Start Orthanc with its database under ``folder``; stop it (by PID) on exit."""
@@ -63,7 +57,7 @@ def orthanc(folder: Path) -> Iterator[OrthancServer]:
 
     require("Orthanc", dicomweb=True)
     password = secrets.token_hex(12)
-    port = _free_port()
+    port = free_port()
     config = {
         "Name": "rgops-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
         "HttpPort": port, "HttpBindAddress": "127.0.0.1", "RemoteAccessAllowed": False,

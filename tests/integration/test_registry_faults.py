@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.integration.test_services import KEY, S, _free_port, _publish_in
+from tests.helpers import free_port
+from tests.integration.test_services import KEY, S, _publish_in
 
 pytestmark = pytest.mark.integration
 
@@ -111,7 +112,7 @@ def _wait_http(url: str, seconds: float, status: int = 200) -> bool:
 def registry(tmp_path_factory):
     """(mlflow server URL, proxy, work dir) with tiny champions registered on the server."""
     work = tmp_path_factory.mktemp("registry-faults")
-    port = _free_port()
+    port = free_port()
     mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent))
     proc = subprocess.Popen([mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{work}/server.db",
                              "--artifacts-destination", str(work / "artifacts"), "--host", "127.0.0.1",
@@ -137,7 +138,7 @@ def _serve(work: Path, registry_url: str, name: str) -> tuple[subprocess.Popen, 
                       "  registry_timeout_s: 2\n  retry_after_s: 3\n  max_samples: 4\n")
     env = {**os.environ, "MLFLOW_TRACKING_URI": registry_url, "RGOPS_API_KEYS": KEY, "RGOPS_PARAMS": str(params),
            "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
-    port = _free_port()
+    port = free_port()
     log = work / f"{name}.log"
     proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "services.service:RgopsService", "--host",
                              "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env, stdout=open(log, "wb"),

@@ -14,16 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import free_port
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "test-api-key-0123456789abcdef"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def descendants(pid: int) -> set[int]:
@@ -98,7 +94,7 @@ def _start(tmp_path: Path, port: int) -> subprocess.Popen:
 def test_stopping_rgops_serve_stops_every_server_process(tmp_path: Path, sig: int) -> None:
     import httpx
 
-    port = _free_port()
+    port = free_port()
     proc = _start(tmp_path, port)
     children = descendants(proc.pid)
     assert children, "rgops serve started no server process"

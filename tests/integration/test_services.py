@@ -27,9 +27,6 @@ GENES = tuple(f"GENE{j}" for j in range(6))
 S = 32
 
 
-_free_port = free_port  # imported from here by the other serving integration tests
-
-
 def publish_tiny_champions(tracking_uri: str, seed: int = 0, patch: dict | None = None) -> dict[str, str]:
     """Log a tiny CAE and GAN generator with rgops.tracking, register them and approve @champion
     (``patch``: the patch contract their cards carry, as ingest's ``patch_spec.json`` would give it)."""
@@ -38,7 +35,8 @@ def publish_tiny_champions(tracking_uri: str, seed: int = 0, patch: dict | None 
     from rgops.data.datasets import GenePanel
     from rgops.models.cae import CAEConfig, ConditionalAE
     from rgops.models.gan import GANConfig, Generator
-    from rgops.registry import Decision, PromoteConfig, Registry, evaluate_gates, kind_of
+    from rgops.promotion import PromoteConfig, evaluate_gates
+    from rgops.registry import Decision, Registry, kind_of
     from rgops.tracking import MlflowTracker, log_model, model_card
 
     torch.manual_seed(seed)
