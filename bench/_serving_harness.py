@@ -78,6 +78,7 @@ def local_stack(serve_params: str = "") -> Iterator[tuple[str, str, Path]]:
             proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "services.service:RgopsService",
                                      "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
                                     stdout=log, stderr=subprocess.STDOUT)
+            (tmp / "server.pid").write_text(str(proc.pid))  # benches that read the server's memory find it here
             base = f"http://127.0.0.1:{port}"
             try:
                 deadline = time.time() + 180

@@ -240,7 +240,7 @@ def result_sr(ct: Sequence[Dataset], seg: Dataset, answer: Mapping[str, Any]) ->
 
 def extract_study(pacs: Pacs, study_uid: str, extract: Callable[[list[Dataset]], Mapping[str, Any]],
                   series_uid: str | None = None, store: bool = False,
-                  max_instances: int | None = None) -> dict[str, Any]:
+                  max_instances: int | None = None, limits: Any = None) -> dict[str, Any]:
     """Retrieve a study, extract its biomarker with ``extract`` and, with ``store``, send the SR back.
 
     Args:
@@ -251,6 +251,8 @@ def extract_study(pacs: Pacs, study_uid: str, extract: Callable[[list[Dataset]],
         series_uid: the CT series to use (default: the one the SEG references).
         store: store the TID 1500 SR in the study (STOW-RS).
         max_instances: refuse a study whose CT and SEG series hold more instances (the upload limit).
+        limits: the upload limits (:class:`rgops.serving.config.UploadLimits`, default: its defaults);
+            every retrieved instance gets an upload's per-file checks before extraction.
 
     Returns:
         The ``extract`` answer, plus ``series`` (each series retrieved, used or why not) and
@@ -265,6 +267,13 @@ def extract_study(pacs: Pacs, study_uid: str, extract: Callable[[list[Dataset]],
     label = study_label(study_uid)
     datasets = fetch_study(pacs, study_uid, series_uid, max_instances)
     from rgops.data.study import select_study
+    from rgops.serving.config import UploadLimits
+    from rgops.serving.uploads import check_retrieved
+
+    check_retrieved(datasets, limits if limits is not None else UploadLimits())
+    for ds in datasets:  # the response stream each instance was parsed from: not needed any more
+        if getattr(ds, "buffer", None) is not None:
+            ds.buffer = None
 
     selection = select_study(datasets)  # the same choice an upload gets
     answer = dict(extract([*selection.ct, selection.seg]))

@@ -277,13 +277,17 @@ def _dcmread(data: bytes, where: str, stop_before_pixels: bool) -> Any:
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(io.BytesIO(data), force=False, stop_before_pixels=stop_before_pixels)
+        ds = pydicom.dcmread(io.BytesIO(data), force=False, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError:
         raise DicomError(f"{where} ({len(data)} bytes) is not a DICOM Part 10 file; send .dcm files "
                          "with the 128-byte preamble and 'DICM' prefix") from None
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: any parser failure is the client's
         raise DicomError(f"{where} ({len(data)} bytes) could not be parsed as DICOM "
                          f"({type(exc).__name__}); the upload may be truncated, send it again") from None
+    # The dataset keeps the stream it was read from (the whole file) and a deep copy copies it: drop
+    # it, every element has been read (a 300 MB study otherwise held, then copied, twice more).
+    ds.buffer = None
+    return ds
 
 
 def _parse_all(ds: Any, where: str) -> None:
@@ -343,6 +347,26 @@ def check_header(ds: Any, where: str, limits: UploadLimits) -> tuple[int, int]:
         raise LimitExceeded(f"{where} declares {frames} frame(s) of {rows} x {cols} pixels ({voxels}); at most "
                             f"{limits.max_voxels} pixels per request (serve.max_voxels)")
     return voxels, (voxels * bits + 7) // 8
+
+
+def check_retrieved(datasets: Sequence[Any], limits: UploadLimits, source: str = "the PACS") -> None:
+    """The per-file checks of an upload (:func:`check_dataset`), on instances retrieved from a PACS:
+    a PACS stores what it was sent, so a corrupt or oversized instance gets the same typed refusal
+    as in an upload, naming the instance, and the study's pixels are bounded like one request's.
+
+    Raises:
+        DicomError, DicomDecodeError, LimitExceeded: as :func:`check_dataset`, or more pixels in the
+            study than ``max_voxels``.
+    """
+    voxels = 0
+    for i, ds in enumerate(datasets):
+        where = f"instance {i + 1} of {len(datasets)} from {source}"
+        check_dataset(ds, where, limits)
+        voxels += check_header(ds, where, limits)[0]
+        if voxels > limits.max_voxels:
+            raise LimitExceeded(f"the retrieved series declare {voxels} pixels (frames x rows x columns) by {where}; "
+                                f"at most {limits.max_voxels} per request (serve.max_voxels): choose the series with "
+                                "series_uid, or raise the limit")
 
 
 def check_dataset(ds: Any, where: str, limits: UploadLimits) -> None:

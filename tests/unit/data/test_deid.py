@@ -50,6 +50,17 @@ def test_input_left_untouched(ct_and_seg):
     assert slices[1].PatientName == f.PHI["PatientName"]
 
 
+def test_copy_shares_pixel_data_and_leaves_the_input_whole(ct_and_seg):
+    # A deep copy of every slice doubled a thin-slice study's pixel data in server memory (bench/upload_rss.py).
+    slices, seg, _ = ct_and_seg
+    for ds in (slices[0], seg):
+        before = list(ds.keys())
+        out = deidentify(ds, KEY)
+        assert out.PixelData is ds.PixelData  # the same immutable bytes, not a copy
+        assert list(ds.keys()) == before and ds.PatientID != out.PatientID  # the input is whole and untouched
+        assert (out.pixel_array == ds.pixel_array).all()
+
+
 def test_uids_remapped_consistently_and_seg_still_resolves(ct_and_seg):
     slices, seg, mask = ct_and_seg
     ct = [deidentify(s, KEY) for s in slices]

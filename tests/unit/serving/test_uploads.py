@@ -143,3 +143,25 @@ def test_npy_header_checked_before_loading() -> None:
     np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (4, 1, S, S)})
     with pytest.raises(ShapeError, match="truncated"):
         read_npy_patches(buf.getvalue() + b"\0" * 64, S, 256)
+
+
+def test_instances_from_a_pacs_get_the_per_file_checks() -> None:
+    from rgops.serving.uploads import check_retrieved
+
+    # as dicomweb-client hands them over: parsed datasets, not bytes
+    study = [pydicom.dcmread(io.BytesIO(b)) for _, b in _upload(_series())]
+    check_retrieved(study, LIMITS)  # a whole, valid study passes
+    truncated = [pydicom.dcmread(io.BytesIO(b)) for _, b in _upload(_series())]
+    truncated[1].PixelData = truncated[1].PixelData[:100]
+    with pytest.raises(DicomError, match=r"instance 2 of 7 from the PACS has 100 bytes of pixel data"):
+        check_retrieved(truncated, LIMITS)
+    with pytest.raises(LimitExceeded, match=r"serve.max_voxels"):
+        check_retrieved(study, UploadLimits(max_voxels=3 * S * S))
+
+
+def test_read_datasets_do_not_keep_the_file_bytes() -> None:
+    # pydicom keeps the stream a dataset was read from; held (and deep-copied by de-identification)
+    # for every file of a thin-slice study, it tripled the server's memory (bench/upload_rss.py)
+    datasets = read_dicom_upload(_upload(_series()), LIMITS)
+    assert all(getattr(ds, "buffer", None) is None for ds in datasets)
+    assert datasets[0].pixel_array.shape == (S, S)
