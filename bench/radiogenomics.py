@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -90,7 +91,10 @@ def train_models(work: Path, ds: Any, params: dict[str, Any], preset: str, seeds
             fields, train_cfg = load_preset(p, "cae", preset)
             train_cfg = type(train_cfg)(**{**train_cfg.__dict__, "seed": seed})
             config = model_config("cae", ds, fields)
-            cache = work / f"{name}-{preset}-{ds.digest()[:12]}.pt"
+            # the cache is keyed by the model and training settings too: a changed default retrains
+            settings = hashlib.sha256(json.dumps([fields, train_cfg.__dict__], sort_keys=True, default=str)
+                                      .encode()).hexdigest()[:8]
+            cache = work / f"{name}-{preset}-{ds.digest()[:12]}-{settings}.pt"
             if cache.is_file():
                 module = ConditionalAE(config)
                 module.load_state_dict(torch.load(cache, weights_only=True))

@@ -134,10 +134,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--no-batching", action="store_true", help="serve.adaptive_batching: false")
+    ap.add_argument("--batching", choices=("adaptive", "greedy", "none"), default="adaptive",
+                    help="serve.batching of the server (results: serve.json, serve_greedy.json, serve_no_batching.json)")
     args = ap.parse_args()
-    out = OUT.with_name("serve_no_batching.json") if args.no_batching else OUT
-    with local_stack("  adaptive_batching: false\n" if args.no_batching else "") as (base, uri, _):
+    out = {"adaptive": OUT, "greedy": OUT.with_name("serve_greedy.json"),
+           "none": OUT.with_name("serve_no_batching.json")}[args.batching]
+    with local_stack(f"  batching: {args.batching}\n") as (base, uri, _):
         s = _setup(uri)
         for body in ("json", "b64"):  # warm up both paths (and BentoML's batcher)
             _latency(Poster(base, "/extract_patches", s["bodies"][body]), 40)
@@ -153,7 +155,7 @@ def main() -> None:
         repeats = [_one_repeat(base, s, args.n, args.concurrency, args.seconds) for _ in range(args.repeats)]
     summary = _summarise(repeats)
     res = {"device": device(), "server_runtime": runtime, "patch_size": S, "n_genes": N_GENES,
-           "adaptive_batching": not args.no_batching,
+           "batching": args.batching,
            "concurrency": args.concurrency, "repeats": repeats, "summary": summary,
            "note": "2-core machine shared with other jobs; HTTP and in-process interleaved in each repeat"}
     for k, v in summary.items():

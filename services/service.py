@@ -131,6 +131,8 @@ class RgopsService:
         HEALTH[:] = [self.health]
         NEEDS_MODEL.update({"/extract": lambda: self.cae.current, "/extract_patches": lambda: self.cae.current,
                             "/generate": lambda: self.gan.current})
+        self.batcher = (serving.GreedyBatcher(self._encode_items, self.config.max_batch_size)
+                        if self.config.batching == "greedy" else None)
         self.reloader.start()  # models load in the background: the probes answer at once
 
     def _bound_registry_retries(self) -> None:
@@ -210,16 +212,21 @@ class RgopsService:
 
         model = self._model(self.cae)
         out = pacs.extract_study(pacs.connect(), study_uid, lambda ds: serving.extract_dicom(model, ds),
-                                 series_uid=series_uid, store=store, max_instances=self.config.limits.max_files)
+                                 series_uid=series_uid, store=store, max_instances=self.config.limits.max_files,
+                                 limits=self.config.limits)
         return {"request_id": current_request_id(), **out}
 
-    @bentoml.api(route="/extract_patches", batchable=CONFIG.adaptive_batching, max_batch_size=CONFIG.max_batch_size,
-                 max_latency_ms=CONFIG.max_latency_ms)
+    @bentoml.api(route="/extract_patches", batchable=CONFIG.batching == "adaptive",
+                 max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms)
     def extract_patches(self, patches: list[PatchIn]) -> list[PatchOut]:
-        """Ready patches -> features, one result per patch (adaptive batching across requests)."""
-        model = self.cae.current
+        """Ready patches -> features, one result per patch (batched across requests: serve.batching)."""
         items = [(p.pixels if p.pixels is not None else p.pixels_b64, p.profile, p.mm_per_px) for p in patches]
-        return serving.encode_items(model, items, PatchOut)
+        if self.batcher is not None:
+            return self.batcher.submit(items, timeout=self.config.max_latency_ms / 1000)
+        return self._encode_items(items)
+
+    def _encode_items(self, items: list[Any]) -> list[PatchOut]:
+        return serving.encode_items(self.cae.current, items, PatchOut)
 
     # -- generation --------------------------------------------------------------------------
 
@@ -271,7 +278,8 @@ class RgopsService:
 
         return {"request_id": current_request_id(),
                 "runtime": {"device": self.device, "torch_threads": torch.get_num_threads(),
-                            "server_threads": self.config.threads, "max_batch_size": self.config.max_batch_size},
+                            "server_threads": self.config.threads, "max_batch_size": self.config.max_batch_size,
+                            "batching": self.config.batching},
                 "models": {s.name: {**(s.current.metadata() if s.ready else {}), "reload": s.status()}
                            for s in (self.cae, self.gan)}}
 

@@ -40,11 +40,12 @@ from rgops.serving.generate import (
     strip,
     traversal,
 )
+from rgops.serving.batching import GreedyBatcher
 from rgops.serving.slots import CAE_MODEL, GAN_MODEL, ModelSlot, Reloader, ServedModel, registry_source
 from rgops.serving.uploads import is_npy, read_dicom_upload, read_npy_mask, read_npy_patches
 
 __all__ = [
-    "CAE_MODEL", "GAN_MODEL", "NO_PROGRAM_HEAD", "SEGMENTATION_STORAGE", "Features", "ModelSlot", "Reloader",
+    "CAE_MODEL", "GAN_MODEL", "NO_PROGRAM_HEAD", "SEGMENTATION_STORAGE", "Features", "GreedyBatcher", "ModelSlot", "Reloader",
     "NormalisedProfile", "RgopsError", "ServeConfig", "ServedModel", "check_patches", "check_scale", "encode",
     "encode_items", "extract_dicom", "generate", "is_npy", "normalise_profile", "patch_from_dicom", "png", "profile_from_tsv",
     "read_dicom_upload", "read_npy_mask", "read_npy_patches", "registry_source", "secondary_captures",

@@ -45,9 +45,12 @@ class ServeConfig:
         max_side: most rows or columns of one DICOM frame.
         max_patches: most ready patches per request (``.npy`` upload or ``/extract_patches``).
         max_samples: most images one generation request may ask for.
-        adaptive_batching: ``/extract_patches`` batches concurrent requests (BentoML's adaptive batcher);
-            false: each request calls the model itself, in the server's threads.
-        max_batch_size: adaptive batching: most patches the server encodes in one model call.
+        batching: how ``/extract_patches`` shares model calls between concurrent requests:
+            ``adaptive`` (BentoML's adaptive batcher, which holds requests to fill batches),
+            ``greedy`` (:mod:`rgops.serving.batching`: every request waiting when the model is free
+            goes into the next call, nothing waits for a batch to fill) or ``none`` (each request
+            calls the model itself, in the server's threads).
+        max_batch_size: adaptive and greedy batching: most patches the server encodes in one model call.
         max_latency_ms: adaptive batching: BentoML's latency budget per request; requests it
             predicts would exceed it are shed with 503, so on a CPU keep it well above one batch's time.
         device: where the models run: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
@@ -79,7 +82,7 @@ class ServeConfig:
     max_side: int = 4096
     max_patches: int = 256
     max_samples: int = 16
-    adaptive_batching: bool = True
+    batching: Literal["adaptive", "greedy", "none"] = "adaptive"
     max_batch_size: int = 32
     max_latency_ms: int = 10000
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -103,6 +106,8 @@ class ServeConfig:
         for name in ("max_request_mb", "max_json_mb", "max_decompressed_mb"):
             if not 0 < getattr(self, name) <= 65536:
                 raise ConfigError(f"serve.{name} must be in (0, 65536] MiB, got {getattr(self, name)}")
+        if self.batching not in ("adaptive", "greedy", "none"):
+            raise ConfigError(f"serve.batching must be adaptive, greedy or none, got {self.batching!r}")
         if self.max_latency_ms < 1 or self.reload_poll_s < 0 or self.traversal_span <= 0:
             raise ConfigError("serve.max_latency_ms must be >= 1, reload_poll_s >= 0, traversal_span > 0")
         if self.torch_threads < 0 or self.registry_retries < 0 or self.reload_timeout_s <= 0 \
