@@ -286,13 +286,7 @@ def ct_series(datasets: Sequence[Dataset], names: Sequence[str] | None = None) -
             f"uneven slice spacing: gap of {gaps[j]:.3f} mm after {names[order[j]]!r}, median "
             f"{slice_spacing:.3f} mm; the series has missing slices or mixed reconstructions"
         )
-    hu = np.empty((len(order), *shape0), dtype=np.float32)  # filled in place: no stacked copies
-    for k, i in enumerate(order):
-        slice_hu = to_hu(datasets[i], names[i])
-        if slice_hu.shape != hu.shape[1:]:
-            raise DicomError(f"{names[i]!r} has {slice_hu.shape[0]}x{slice_hu.shape[1]} pixels but the series' first "
-                             f"slice has {hu.shape[1]}x{hu.shape[2]}; send one reconstruction per series")
-        hu[k] = slice_hu
+    hu = _hu_volume(datasets, names, order, shape0)
     thickness = first.get("SliceThickness")
     return CTSeries(
         hu=hu,
@@ -307,6 +301,20 @@ def ct_series(datasets: Sequence[Dataset], names: Sequence[str] | None = None) -
         frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
         manufacturer=str(first.get("Manufacturer", "")),
     )
+
+
+def _hu_volume(datasets: Sequence[Dataset], names: Sequence[str], order: np.ndarray,
+               shape: tuple[int, int]) -> np.ndarray:
+    """The slices ``order`` of a series in HU, ``(Z, rows, columns)`` float32, filled in place (a stack
+    of per-slice arrays would hold the volume twice: 0.6 GB more for a 580-slice thin-slice CT)."""
+    hu = np.empty((len(order), *shape), dtype=np.float32)
+    for k, i in enumerate(order):
+        slice_hu = to_hu(datasets[i], names[i])
+        if slice_hu.shape != shape:
+            raise DicomError(f"{names[i]!r} has {slice_hu.shape[0]}x{slice_hu.shape[1]} pixels but the series' first "
+                             f"slice has {shape[0]}x{shape[1]}; send one reconstruction per series")
+        hu[k] = slice_hu
+    return hu
 
 
 def read_ct_series(paths: Sequence[str | Path]) -> CTSeries:
