@@ -82,7 +82,7 @@ class ServeConfig:
     max_side: int = 4096
     max_patches: int = 256
     max_samples: int = 16
-    batching: Literal["adaptive", "greedy", "none"] = "adaptive"
+    batching: Literal["adaptive", "greedy", "none"] = "greedy"
     max_batch_size: int = 32
     max_latency_ms: int = 10000
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -104,8 +104,8 @@ def running_server(tmp: Path, serve_params: str, patch: dict | None = None):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """(base URL, tracking URI, versions, log path): one `bentoml serve` process for the module."""
-    # greedy batching here; the fuzz suite's server runs the default (BentoML's adaptive batcher)
-    params = "serve:\n  max_request_mb: 1\n  max_samples: 4\n  reload_poll_s: 0\n  traversal_steps: 3\n  batching: greedy\n"
+    # BentoML's adaptive batcher here; the fuzz suite's server runs the default (the greedy batcher)
+    params = "serve:\n  max_request_mb: 1\n  max_samples: 4\n  reload_poll_s: 0\n  traversal_steps: 3\n  batching: adaptive\n"
     with running_server(tmp_path_factory.mktemp("serve"), params) as (base, uri, versions, log, _):
         yield base, uri, versions, log
 
@@ -217,7 +217,7 @@ def test_ready_patches_match_the_dicom_path_and_batch(server) -> None:
         assert len(out) == 3 and all(o["error"] is None and len(o["latent"]) == 4 for o in out)
         bad = c.post("/extract_patches", json={"patches": [{"pixels": [[0.0] * S] * S}, {"pixels": [[5.0] * S] * S}]})
         assert bad.status_code == 200 and bad.json()[0]["error"] is None and "expected [-1, 1]" in bad.json()[1]["error"]
-        # concurrent requests share the greedy batcher's model calls; each gets its own patches' results
+        # concurrent requests share batched model calls; each gets its own patches' results
         alone = [c.post("/extract_patches", json={"patches": [p]}).json()[0]["latent"] for p in patches]
         together: dict[int, list] = {}
         threads = [threading.Thread(target=lambda k=k: together.__setitem__(k, c.post(
@@ -229,7 +229,7 @@ def test_ready_patches_match_the_dicom_path_and_batch(server) -> None:
         for k, out_k in together.items():
             assert len(out_k) == 1 + k % 2
             assert all(np.allclose(o["latent"], alone[k % 3], atol=1e-5) for o in out_k)
-        assert c.get("/metadata").json()["runtime"]["batching"] == "greedy"
+        assert c.get("/metadata").json()["runtime"]["batching"] == "adaptive"
         ragged = c.post("/extract_patches", json={"patches": [{"pixels": [[0.0, 1.0], [0.0]]}]})
         assert ragged.status_code == 422 and "pixels" in ragged.json()["message"]
         typo = c.post("/generate", json={"profile": {"GENE0": "Quixote-secret-value"}})
