@@ -6,7 +6,9 @@ Each repeat measures, in turn:
     JSON float-list body, HTTP with the base64 float32 body;
   * latency of one image from a 2,000-gene profile: in-process (normalise + generate + PNG, what the
     route does), HTTP /generate;
-  * requests/s with CONCURRENCY clients (one keep-alive connection each) vs. CONCURRENCY in-process threads.
+  * requests/s with CONCURRENCY clients (one keep-alive connection each) vs. CONCURRENCY in-process threads;
+  * the floor: requests/s of the same clients against a bare ASGI app under uvicorn that answers a
+    constant body and does no work (what this client on this machine can measure of any Python server).
 The client sends pre-serialised bodies over http.client (no per-request JSON encoding, no client
 library overhead), so it is not the bottleneck. Ratios are reported as min and median over repeats.
 Targets (issue 13): one-patch HTTP p50 <= 2 x in-process + 5 ms; HTTP throughput >= 70% of
@@ -19,13 +21,17 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import json
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -116,7 +122,43 @@ def _setup(uri: str) -> dict:
         "generate": orjson.dumps({"profile": profile, "n_samples": 1, "seed": 0})}}
 
 
-def _one_repeat(base: str, s: dict, n: int, clients: int, seconds: float) -> dict:
+FLOOR_APP = """
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:  # read the body like a real server
+        more = (await receive()).get("more_body", False)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"[]"})
+"""
+
+
+@contextlib.contextmanager
+def floor_server() -> Iterator[str]:
+    """A bare ASGI app under uvicorn (one process, like the server's one worker) answering ``[]``."""
+    with tempfile.TemporaryDirectory(prefix="rgops-floor-") as tmp:
+        (Path(tmp) / "floor_app.py").write_text(FLOOR_APP)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "floor_app:app", "--port", str(port), "--log-level",
+                                 "warning", "--no-access-log"], cwd=tmp)
+        try:
+            for _ in range(100):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(20)
+
+
+def _one_repeat(base: str, s: dict, n: int, clients: int, seconds: float, floor: str) -> dict:
     b = s["bodies"]
     lat = {"patch_in_process": percentiles(_latency(s["local_encode"], n)),
            "patch_http_json": percentiles(_latency(Poster(base, "/extract_patches", b["json"]), n)),
@@ -124,7 +166,8 @@ def _one_repeat(base: str, s: dict, n: int, clients: int, seconds: float) -> dic
            "generate_in_process": percentiles(_latency(s["local_generate"], max(10, n // 4))),
            "generate_http": percentiles(_latency(Poster(base, "/generate", b["generate"]), max(10, n // 4)))}
     thr = {"in_process": _throughput(lambda: s["local_encode"], clients, seconds),
-           "http_b64": _throughput(lambda: Poster(base, "/extract_patches", b["b64"]), clients, seconds)}
+           "http_b64": _throughput(lambda: Poster(base, "/extract_patches", b["b64"]), clients, seconds),
+           "http_floor": _throughput(lambda: Poster(floor, "/extract_patches", b["b64"]), clients, seconds)}
     return {"latency": lat, "throughput": thr}
 
 
@@ -134,12 +177,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--batching", choices=("adaptive", "greedy", "none"), default="adaptive",
-                    help="serve.batching of the server (results: serve.json, serve_greedy.json, serve_no_batching.json)")
+    ap.add_argument("--batching", choices=("greedy", "adaptive", "none"), default="greedy",
+                    help="serve.batching of the server (results: serve.json, serve_adaptive.json, serve_no_batching.json)")
     args = ap.parse_args()
-    out = {"adaptive": OUT, "greedy": OUT.with_name("serve_greedy.json"),
+    out = {"greedy": OUT, "adaptive": OUT.with_name("serve_adaptive.json"),
            "none": OUT.with_name("serve_no_batching.json")}[args.batching]
-    with local_stack(f"  batching: {args.batching}\n") as (base, uri, _):
+    with local_stack(f"  batching: {args.batching}\n") as (base, uri, _), floor_server() as floor:
         s = _setup(uri)
         for body in ("json", "b64"):  # warm up both paths (and BentoML's batcher)
             _latency(Poster(base, "/extract_patches", s["bodies"][body]), 40)
@@ -152,7 +195,7 @@ def main() -> None:
         torch.set_num_threads(runtime["torch_threads"])  # like for like: the server's torch threads
         _latency(s["local_encode"], 10)
         _latency(s["local_generate"], 3)
-        repeats = [_one_repeat(base, s, args.n, args.concurrency, args.seconds) for _ in range(args.repeats)]
+        repeats = [_one_repeat(base, s, args.n, args.concurrency, args.seconds, floor) for _ in range(args.repeats)]
     summary = _summarise(repeats)
     res = {"device": device(), "server_runtime": runtime, "patch_size": S, "n_genes": N_GENES,
            "batching": args.batching,
@@ -180,6 +223,11 @@ def _summarise(repeats: list[dict]) -> dict[str, dict]:
         # target >= 0.7
         "throughput_http_over_in_process": _ratios([r["throughput"]["http_b64"]["rps"] / r["throughput"]["in_process"]["rps"]
                                                     for r in repeats]),
+        # what this client can measure of a server that does nothing, against in-process
+        "throughput_floor_over_in_process": _ratios([r["throughput"]["http_floor"]["rps"]
+                                                     / r["throughput"]["in_process"]["rps"] for r in repeats]),
+        "throughput_http_over_floor": _ratios([r["throughput"]["http_b64"]["rps"] / r["throughput"]["http_floor"]["rps"]
+                                               for r in repeats]),
         # target <= 1.5
         "generate_http_over_in_process": _ratios([p50(r, "generate_http") / p50(r, "generate_in_process")
                                                   for r in repeats]),
