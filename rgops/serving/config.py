@@ -64,6 +64,11 @@ class ServeConfig:
         registry_timeout_s: MLflow HTTP request timeout on the reload path (MLFLOW_HTTP_REQUEST_TIMEOUT).
         retry_after_s: the ``Retry-After`` of 503 answers (no model loaded yet, overload).
         metrics_require_key: ``/metrics`` needs the API key like the model routes.
+        tracing: keep BentoML's OpenTelemetry tracing on (export it with BentoML's ``tracing``
+            configuration). Off by default: with no exporter the spans are thrown away, and turning
+            them off raised the HTTP throughput of ``/extract_patches`` by about 28% (median 173 ->
+            222 req/s, bench/serve.py); off sets ``OTEL_SDK_DISABLED=true`` for the server unless the
+            environment already sets it.
         traversal_steps: images in a gene-traversal strip.
         traversal_span: the strip shifts the chosen genes from -span to +span (z-score units).
     """
@@ -94,6 +99,7 @@ class ServeConfig:
     registry_timeout_s: float = 3.0
     retry_after_s: int = 5
     metrics_require_key: bool = False
+    tracing: bool = False
     traversal_steps: int = 7
     traversal_span: float = 2.0
 

@@ -229,7 +229,9 @@ def test_ready_patches_match_the_dicom_path_and_batch(server) -> None:
         for k, out_k in together.items():
             assert len(out_k) == 1 + k % 2
             assert all(np.allclose(o["latent"], alone[k % 3], atol=1e-5) for o in out_k)
-        assert c.get("/metadata").json()["runtime"]["batching"] == "adaptive"
+        runtime = c.get("/metadata").json()["runtime"]
+        assert runtime["batching"] == "adaptive"
+        assert runtime["tracing"] is False  # serve.tracing defaults to off: no spans nobody exports
         ragged = c.post("/extract_patches", json={"patches": [{"pixels": [[0.0, 1.0], [0.0]]}]})
         assert ragged.status_code == 422 and "pixels" in ragged.json()["message"]
         typo = c.post("/generate", json={"profile": {"GENE0": "Quixote-secret-value"}})
