@@ -106,6 +106,11 @@ class Body:
             self.close()
         return {"type": "http.request", "body": chunk, "more_body": more}
 
+    @property
+    def json_bytes(self) -> bytes | None:
+        """The body when it was read as JSON (held in memory); None for a spooled multipart body."""
+        return self._data if self._spool is None else None
+
     def close(self) -> None:
         self._done = True
         if self._spool is not None:

@@ -29,6 +29,11 @@ HEALTH: list[Callable[[], tuple[bool, dict[str, Any]]]] = []
 #: route -> a check that raises ServiceUnavailable while that route's model is not loaded (the gate
 #: answers 503 before reading the body; a batched API cannot return an error response itself).
 NEEDS_MODEL: dict[str, Callable[[], object]] = {}
+#: route -> ``(JSON body) -> JSON answer``: a route the gate answers itself, in a worker thread, without
+#: BentoML's request path (its routing, validation, tracing and response layers cost several times the
+#: model call: bench/serve.py). Installed by the service; the handler validates with the route's own
+#: input model and raises RgopsError for the gate's error mapping.
+DIRECT: dict[str, Callable[[bytes], Any]] = {}
 
 
 def current_request_id() -> str | None:

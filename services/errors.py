@@ -162,7 +162,7 @@ def is_rgops_body(body: Any) -> bool:
     return isinstance(body, dict) and {"error", "message", "request_id"} <= set(body)
 
 
-def _validation_message(detail: list[Any]) -> str:
+def validation_message(detail: list[Any]) -> str:
     """``field 'seed': Input should be less than 18446744073709551616; ...`` from pydantic's error list
     (locations and messages only: BentoML already leaves the input values out)."""
     parts = []
@@ -185,7 +185,7 @@ def rewrite_foreign(status: int, raw: bytes, request_id: str) -> tuple[int, Base
     if is_rgops_body(body):
         return status, None
     if isinstance(body, dict) and isinstance(body.get("detail"), list) and status in (400, 422):
-        return 422, InputRefused(f"the request does not fit the route: {_validation_message(body['detail'])}")
+        return 422, InputRefused(f"the request does not fit the route: {validation_message(body['detail'])}")
     if status == 503:
         return 503, Overloaded("the server is busy (its queue is full); retry after the Retry-After seconds")
     if status == 429:

@@ -20,6 +20,7 @@ replayed to BentoML. Error responses BentoML makes itself are rewritten into the
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -31,7 +32,7 @@ from typing import Any
 
 from rgops.errors import ConfigError, RgopsError
 from services.boundary import Body, BodyLimits, RouteFields, read_json, read_multipart
-from services.context import HEALTH, NEEDS_MODEL, RequestState, current_request_id, request_state_var
+from services.context import DIRECT, HEALTH, NEEDS_MODEL, RequestState, current_request_id, request_state_var
 from services.errors import (
     NotFound,
     RequestTooLarge,
@@ -237,6 +238,10 @@ class RgopsGate:
         except RgopsError as exc:
             await self._refuse(send, exc, rid)
             return
+        direct = DIRECT.get(path)
+        if direct is not None and scope.get("method") == "POST" and body.json_bytes is not None:
+            await self._direct(direct, body.json_bytes, send, rid)
+            return
         if scope.get("method") == "GET" and path == "/metadata":
             scope = {**scope, "method": "POST", "headers": [
                 h for h in scope["headers"] if h[0].lower() not in (b"content-type", b"content-length")]
@@ -246,6 +251,20 @@ class RgopsGate:
             await self.app(scope, body.receive, _RewritingSend(send, rid))
         finally:
             body.close()
+
+    async def _direct(self, handler: Callable[[bytes], Any], data: bytes, send: Send, rid: str) -> None:
+        """Answer a DIRECT route: the handler runs in a worker thread with this request's context."""
+        try:
+            answer = await asyncio.to_thread(handler, data)
+        except RgopsError as exc:
+            await self._refuse(send, exc, rid)
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug: 500 with the rgops body, the type logged, no payload
+            log.error("request %s: %s in a direct route", rid, type(exc).__name__)
+            await self._refuse(send, InternalError(f"the server failed on this request ({type(exc).__name__}); "
+                                                   f"it is a bug: report the request id {rid}"), rid)
+            return
+        await _send_json(send, 200, answer, rid)
 
     def _check_head(self, scope: Scope, path: str) -> None:
         """What the request line and headers already decide (before any body byte is read)."""

@@ -37,15 +37,15 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rgops import serving
 from rgops.config import load_params
 from rgops.data.dicom import quiet_value_warnings
 from rgops.errors import GeneTableError
 from services.boundary import BodyLimits, RouteFields
-from services.context import HEALTH, NEEDS_MODEL, current_request_id, note_model
-from services.errors import RETRY_AFTER_S, maps_errors
+from services.context import DIRECT, HEALTH, NEEDS_MODEL, current_request_id, note_model
+from services.errors import RETRY_AFTER_S, InputRefused, maps_errors, validation_message
 from services.security import RgopsGate, load_api_keys
 
 log = logging.getLogger("rgops.services")
@@ -137,6 +137,8 @@ class RgopsService:
                             "/generate": lambda: self.gan.current})
         self.batcher = (serving.GreedyBatcher(self._encode_items, self.config.max_batch_size)
                         if self.config.batching == "greedy" else None)
+        if self.config.batching != "adaptive":  # the gate answers it without BentoML's request path
+            DIRECT["/extract_patches"] = self.direct_extract_patches
         self.reloader.start()  # models load in the background: the probes answer at once
 
     def _bound_registry_retries(self) -> None:
@@ -223,11 +225,27 @@ class RgopsService:
     @bentoml.api(route="/extract_patches", batchable=CONFIG.batching == "adaptive",
                  max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms)
     def extract_patches(self, patches: list[PatchIn]) -> list[PatchOut]:
-        """Ready patches -> features, one result per patch (batched across requests: serve.batching)."""
+        """Ready patches -> features, one result per patch (batched across requests: serve.batching).
+
+        With ``greedy`` or ``none`` batching the gate answers this route itself through
+        :meth:`direct_extract_patches` (same input model, same answer); BentoML's path serves it with
+        ``adaptive`` batching, which only BentoML's batcher can do."""
+        return self._patches(patches)
+
+    def _patches(self, patches: list[PatchIn]) -> list[PatchOut]:
         items = [(p.pixels if p.pixels is not None else p.pixels_b64, p.profile, p.mm_per_px) for p in patches]
         if self.batcher is not None:
             return self.batcher.submit(items, timeout=self.config.max_latency_ms / 1000)
         return self._encode_items(items)
+
+    def direct_extract_patches(self, body: bytes) -> list[dict[str, Any]]:
+        """``/extract_patches`` from its checked JSON body, validated with the route's own input model."""
+        try:
+            args = PATCHES_INPUT.model_validate_json(body or b"{}")
+        except ValidationError as exc:
+            raise InputRefused("the request does not fit the route: "
+                               f"{validation_message(exc.errors(include_input=False, include_url=False))}") from None
+        return [out.model_dump() for out in self._patches(args.patches)]
 
     def _encode_items(self, items: list[Any]) -> list[PatchOut]:
         return serving.encode_items(self.cae.current, items, PatchOut)
@@ -326,3 +344,4 @@ def _fix_media_types(service: Any) -> None:
 
 
 _fix_media_types(RgopsService)
+PATCHES_INPUT = RgopsService.apis["extract_patches"].input_spec
