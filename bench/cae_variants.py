@@ -1,7 +1,7 @@
 """CAE variants on the radiogenomics bench cohort: one training setting at a time against the default.
 
 Each variant is the CAE as params.yaml trains it (``bench`` preset) with a few model or training
-fields changed; it is trained for one seed on the cached bench cohort of ``bench/radiogenomics.py``
+fields changed; it is trained for one seed on the bench cohort of ``bench/radiogenomics.py`` (built and cached when missing)
 and scored on the probe protocol (ridge probe fitted on the 608 training patients, scored on the 392
 held-out patients, 90% bootstrap interval of the linked mean). Only the CAE is scored (the baselines
 are in ``bench/results/radiogenomics.json``: radiomics 0.662, handcrafted 0.656, oracle 0.840), so a
@@ -26,6 +26,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from radiogenomics import prepare  # noqa: E402
 
 NO_JITTER = {"intensity_scale": 0.0, "intensity_shift": 0.0}
 SOFT_TISSUE_VIEW = [[-100.0, 150.0]]
@@ -97,10 +100,9 @@ def main() -> None:
     from rgops.evaluation.evaluate import EvaluateConfig, GroundTruth, _targets, encode, truth_dir_for
     from rgops.evaluation.protocol import check_cohort, per_patient, probe_metrics
 
-    datasets = args.work / f"datasets{args.patients}-s{args.cohort_seed}"
-    if not (datasets / "manifest.parquet").is_file():
-        raise SystemExit(f"no cached bench cohort in {args.work}: run bench/radiogenomics.py first")
     params = load_params(ROOT / "params.yaml")
+    # the radiogenomics bench's cohort and datasets (built and cached there when missing)
+    _, datasets, _ = prepare(args.work, params, args.patients, args.cohort_seed, [0.6, 0.2, 0.2])
     ds = Datasets.load(datasets)
     module, train_s = train_variant(ds, params, args.variant, args.seed, args.work / "variants")
     truth = GroundTruth.load(truth_dir_for(args.work / f"cohort{args.patients}-s{args.cohort_seed}"),

@@ -14,7 +14,7 @@ every interior statistic), so the question "is the signal in the pixels at all?"
 * ``highpass_std``: spread of the image minus its 2-pixel Gaussian blur inside the eroded tumour;
 * ``tumour_minus_lung_var``: the tumour's high-pass variance minus the lung's (scanner noise removed).
 
-Needs the cached cohort of ``bench/radiogenomics.py`` (``--work``). Writes
+Uses (and builds when missing) the cohort of ``bench/radiogenomics.py`` (``--work``). Writes
 ``bench/results/hypoxia_signal.json``. Run: ``python bench/hypoxia_signal.py``.
 """
 
@@ -30,6 +30,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from radiogenomics import prepare  # noqa: E402
 
 STATS = ("solid_std", "solid_median", "frac_below_20hu", "highpass_std", "tumour_minus_lung_var")
 PHENOTYPES = ("necrosis", "heterogeneity", "attenuation_hu", "diameter_mm", "ggo_fraction")
@@ -65,10 +68,11 @@ def main() -> None:
     from rgops.evaluation.evaluate import GroundTruth, truth_dir_for
     from rgops.evaluation.protocol import PatientSplit, per_patient
 
-    datasets = args.work / f"datasets{args.patients}-s{args.cohort_seed}"
-    cohort = args.work / f"cohort{args.patients}-s{args.cohort_seed}"
-    if not (datasets / "manifest.parquet").is_file():
-        raise SystemExit(f"no cached bench cohort in {args.work}: run bench/radiogenomics.py first")
+    from rgops.config import load_params
+
+    # the radiogenomics bench's cohort and datasets (built and cached there when missing)
+    cohort, datasets, _ = prepare(args.work, load_params(ROOT / "params.yaml"), args.patients, args.cohort_seed,
+                                  [0.6, 0.2, 0.2])
     ds = Datasets.load(datasets)
     truth = GroundTruth.load(truth_dir_for(cohort), load_key(create=False))
     split = PatientSplit.of(ds.manifest, ["val", "test"])

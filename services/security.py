@@ -34,6 +34,7 @@ from rgops.errors import ConfigError, RgopsError
 from services.boundary import Body, BodyLimits, RouteFields, read_json, read_multipart
 from services.context import DIRECT, HEALTH, NEEDS_MODEL, RequestState, current_request_id, request_state_var
 from services.errors import (
+    InternalError,
     NotFound,
     RequestTooLarge,
     Unauthorized,

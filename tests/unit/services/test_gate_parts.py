@@ -105,3 +105,51 @@ def test_multipart_accepted_and_truncation_found() -> None:
     _inspect(body, ctype)
     with pytest.raises(BadRequest, match="truncated"):
         _inspect(body[:-30], ctype)
+
+
+def test_direct_routes_are_answered_by_the_gate_with_rgops_errors() -> None:
+    from rgops.errors import ShapeError
+    from services.context import DIRECT
+    from services.security import RgopsGate
+
+    reached: list[str] = []
+
+    async def app(scope, receive, send):  # noqa: ANN001, ANN202 - BentoML's side: must not be reached
+        reached.append(scope["path"])
+
+    def handler(body: bytes) -> list:
+        value = json.loads(body)
+        if value.get("bug"):
+            raise KeyError("secret-payload-value")
+        if not value.get("patches"):
+            raise ShapeError("no patches")
+        return [{"n": len(value["patches"])}]
+
+    gate = RgopsGate(app, LIMITS, {"/extract_patches": RouteFields(frozenset(), frozenset())}, keys=(b"k" * 32,))
+
+    def call(body: bytes) -> tuple[int, dict | list]:
+        sent: list[dict] = []
+        chunks = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():  # noqa: ANN202
+            return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+        async def send(message):  # noqa: ANN001, ANN202
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/extract_patches", "headers": [
+            (b"authorization", b"Bearer " + b"k" * 32), (b"content-type", b"application/json")]}
+        asyncio.run(gate(scope, receive, send))
+        return sent[0]["status"], json.loads(sent[1]["body"])
+
+    DIRECT["/extract_patches"] = handler
+    try:
+        assert call(b'{"patches": [1, 2]}') == (200, [{"n": 2}])
+        status, body = call(b'{"patches": []}')
+        assert status == 422 and body["error"] == "ShapeError" and body["message"] == "no patches"
+        status, body = call(b'{"bug": true}')
+        assert status == 500 and body["error"] == "InternalError" and "KeyError" in body["message"]
+        assert "secret-payload-value" not in json.dumps(body)
+        assert reached == []  # BentoML's app never saw these requests
+    finally:
+        DIRECT.pop("/extract_patches", None)
