@@ -237,28 +237,6 @@ def _clean(ds: Dataset, key: bytes, pseudo_id: str, seen: set[int]) -> None:
                 elem.value = pseudonymous_uid(str(elem.value), key)
 
 
-PIXEL_DATA = 0x7FE00010
-
-
-def _copy_sharing_pixels(ds: Dataset) -> Dataset:
-    """A deep copy of ``ds`` whose pixel data is the input's own (immutable) bytes, not a copy.
-
-    Dataset.copy() is shallow (its sequences would be cleaned in the input too), and a deep copy
-    doubles the pixel data: 300 MB more for a thin-slice study. De-identification never changes
-    pixel data, so the copy shares it.
-    """
-    pixels = ds[PIXEL_DATA] if PIXEL_DATA in ds else None
-    if pixels is None or not isinstance(pixels.value, bytes):
-        return copy.deepcopy(ds)
-    del ds[PIXEL_DATA]
-    try:
-        out = copy.deepcopy(ds)
-    finally:
-        ds[PIXEL_DATA] = pixels
-    out[PIXEL_DATA] = DataElement(pixels.tag, pixels.VR, pixels.value, is_undefined_length=pixels.is_undefined_length)
-    return out
-
-
 def deidentify(ds: Dataset, key: bytes, source_patient_id: str | None = None,
                in_place: bool = False) -> Dataset:
     """Return a de-identified copy of ``ds`` (or ``ds`` itself, cleaned, with ``in_place``).
@@ -284,7 +262,10 @@ def deidentify(ds: Dataset, key: bytes, source_patient_id: str | None = None,
             "so every CT/SEG file needs one"
         )
     pseudo_id = pseudonymize(source, key)
-    out = ds if in_place else _copy_sharing_pixels(ds)
+    # Dataset.copy() is shallow: its sequences would be cleaned in the input too, so deep copy. The
+    # pixel data (immutable bytes) is shared, not copied; a dataset read from a stream must not keep
+    # it (ds.buffer), or the copy duplicates the whole file (rgops.serving.uploads drops it).
+    out = ds if in_place else copy.deepcopy(ds)
     if hasattr(out, "file_meta"):
         if "MediaStorageSOPInstanceUID" in out.file_meta:
             out.file_meta.MediaStorageSOPInstanceUID = pseudonymous_uid(

@@ -51,7 +51,7 @@ def test_input_left_untouched(ct_and_seg):
 
 
 def test_copy_shares_pixel_data_and_leaves_the_input_whole(ct_and_seg):
-    # A deep copy of every slice doubled a thin-slice study's pixel data in server memory (bench/upload_rss.py).
+    # The copy must not duplicate pixel data: a thin-slice study is 300 MB of it (bench/upload_rss.py).
     slices, seg, _ = ct_and_seg
     for ds in (slices[0], seg):
         before = list(ds.keys())
