@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import os
 import sys
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from radiogenomics import prepare  # noqa: E402
+from radiogenomics import prepare, settings_key  # noqa: E402
 
 NO_JITTER = {"intensity_scale": 0.0, "intensity_shift": 0.0}
 SOFT_TISSUE_VIEW = [[-100.0, 150.0]]
@@ -66,8 +65,7 @@ def train_variant(ds: Any, params: dict[str, Any], name: str, seed: int, cache_d
         kw["augment"] = AugmentConfig(**{**tc.augment.__dict__, **train_over["augment"]})
     tc = type(tc)(**kw)
     config = model_config("cae", ds, fields)
-    key = hashlib.sha256(json.dumps([fields, tc.__dict__], sort_keys=True, default=str).encode()).hexdigest()[:8]
-    cache = cache_dir / f"{name}_s{seed}-{ds.digest()[:12]}-{key}.pt"
+    cache = cache_dir / f"{name}_s{seed}-{ds.digest()[:12]}-{settings_key(fields, tc)}.pt"
     if cache.is_file():
         module = ConditionalAE(config)
         module.load_state_dict(torch.load(cache, weights_only=True))
@@ -128,12 +126,16 @@ def main() -> None:
 
 
 def write_results(out: Path, row: dict[str, Any]) -> None:
-    """Add ``row`` to the results document (replacing an earlier run of the same variant and seed) and
+    """Add ``row`` to the results document (replacing an earlier run of the same variant and seed, whose
+    training time it keeps when this run loaded cached weights) and
     recompute each variant's mean and spread over its seeds."""
     import statistics
 
     rows = json.loads(out.read_text())["rows"] if out.is_file() else []
-    rows = [r for r in rows if (r["variant"], r["seed"]) != (row["variant"], row["seed"])] + [row]
+    same = [r for r in rows if (r["variant"], r["seed"]) == (row["variant"], row["seed"])]
+    if row["train_s"] is None and same:  # weights from the cache: keep the training time measured then
+        row = {**row, "train_s": same[0]["train_s"]}
+    rows = [r for r in rows if r not in same] + [row]
     rows.sort(key=lambda r: (list(VARIANTS).index(r["variant"]) if r["variant"] in VARIANTS else 99, r["seed"]))
     summary: dict[str, dict[str, Any]] = {}
     for r in rows:

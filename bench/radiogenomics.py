@@ -71,6 +71,12 @@ def prepare(work: Path, params: dict[str, Any], patients: int, seed: int, split:
     return cohort, datasets, timings
 
 
+def settings_key(fields: dict[str, Any], train_cfg: Any) -> str:
+    """A short digest of a model's fields and training config: cached weights are reused only for the
+    same settings."""
+    return hashlib.sha256(json.dumps([fields, train_cfg.__dict__], sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def train_models(work: Path, ds: Any, params: dict[str, Any], preset: str, seeds: list[int],
                  variants: list[str]) -> tuple[dict, dict]:
     """Train (or load from the cache) the CAE and the AE for every seed: ``(name -> module, name -> seconds)``."""
@@ -92,9 +98,7 @@ def train_models(work: Path, ds: Any, params: dict[str, Any], preset: str, seeds
             train_cfg = type(train_cfg)(**{**train_cfg.__dict__, "seed": seed})
             config = model_config("cae", ds, fields)
             # the cache is keyed by the model and training settings too: a changed default retrains
-            settings = hashlib.sha256(json.dumps([fields, train_cfg.__dict__], sort_keys=True, default=str)
-                                      .encode()).hexdigest()[:8]
-            cache = work / f"{name}-{preset}-{ds.digest()[:12]}-{settings}.pt"
+            cache = work / f"{name}-{preset}-{ds.digest()[:12]}-{settings_key(fields, train_cfg)}.pt"
             if cache.is_file():
                 module = ConditionalAE(config)
                 module.load_state_dict(torch.load(cache, weights_only=True))

@@ -47,8 +47,6 @@ class GreedyBatcher(Generic[T, R]):
         self._queue: deque[_Job[T, R]] = deque()
         self._cv = threading.Condition()
         self._closed = False
-        self.calls = 0
-        self.items = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -111,7 +109,5 @@ class GreedyBatcher(Generic[T, R]):
                 for job in jobs:
                     job.error = exc
             finally:
-                self.calls += 1
-                self.items += len(flat)
                 for job in jobs:
                     job.done.set()
