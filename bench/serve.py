@@ -179,10 +179,18 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--batching", choices=("greedy", "adaptive", "none"), default="greedy",
                     help="serve.batching of the server (results: serve.json, serve_adaptive.json, serve_no_batching.json)")
+    ap.add_argument("--torch-threads", type=int, default=None,
+                    help="serve.torch_threads of the server (default: params.yaml's)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="serve.workers of the server (default: params.yaml's, 0: one per core, at most 4)")
+    ap.add_argument("--out", type=Path, default=None, help="results file (default: by --batching)")
     args = ap.parse_args()
     out = {"greedy": OUT, "adaptive": OUT.with_name("serve_adaptive.json"),
            "none": OUT.with_name("serve_no_batching.json")}[args.batching]
-    with local_stack(f"  batching: {args.batching}\n") as (base, uri, _), floor_server() as floor:
+    extra = "" if args.torch_threads is None else f"  torch_threads: {args.torch_threads}\n"
+    extra += "" if args.workers is None else f"  workers: {args.workers}\n"
+    out = args.out or out
+    with local_stack(f"  batching: {args.batching}\n{extra}") as (base, uri, _), floor_server() as floor:
         s = _setup(uri)
         for body in ("json", "b64"):  # warm up both paths (and BentoML's batcher)
             _latency(Poster(base, "/extract_patches", s["bodies"][body]), 40)
@@ -192,12 +200,14 @@ def main() -> None:
         runtime = json.loads(meta.conn.getresponse().read())["runtime"]
         import torch
 
-        torch.set_num_threads(runtime["torch_threads"])  # like for like: the server's torch threads
+        # the in-process baseline at its best for concurrent callers: one intra-op thread per call (more
+        # threads than cores made calls 6-13x slower under load, issue 13), whatever the server uses
+        torch.set_num_threads(1)
         _latency(s["local_encode"], 10)
         _latency(s["local_generate"], 3)
         repeats = [_one_repeat(base, s, args.n, args.concurrency, args.seconds, floor) for _ in range(args.repeats)]
     summary = _summarise(repeats)
-    res = {"device": device(), "server_runtime": runtime, "patch_size": S, "n_genes": N_GENES,
+    res = {"device": device(), "server_runtime": runtime, "in_process_torch_threads": torch.get_num_threads(), "patch_size": S, "n_genes": N_GENES,
            "batching": args.batching,
            "concurrency": args.concurrency, "repeats": repeats, "summary": summary,
            "note": "2-core machine shared with other jobs; HTTP and in-process interleaved in each repeat"}

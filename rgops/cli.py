@@ -445,8 +445,16 @@ def serve_cmd(
                f"/metadata /healthz; OpenAPI at /docs)")
     cmd = [sys.executable, "-m", "bentoml", "serve", "services.service:RgopsService", "--host", host,
            "--port", str(port)]
-    # its own process group, signals forwarded: stopping `rgops serve` stops every server process
-    code = run_in_group(cmd, cwd=root if (root / "services").is_dir() else None, env=env)
+    import tempfile
+
+    from rgops.serving.workers import STATE_DIR_ENV
+
+    # the workers' shared folder (reload announcements, metrics snapshots): fresh, removed afterwards
+    with tempfile.TemporaryDirectory(prefix="rgops-serve-") as state:
+        env.setdefault(STATE_DIR_ENV, state)
+        typer.echo(f"{cfg.worker_count()} worker process(es), {cfg.threads} thread(s) each (serve.workers, serve.threads)")
+        # its own process group, signals forwarded: stopping `rgops serve` stops every server process
+        code = run_in_group(cmd, cwd=root if (root / "services").is_dir() else None, env=env)
     raise typer.Exit(0 if code in (-signal.SIGTERM, -signal.SIGINT) else code)
 
 

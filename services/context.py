@@ -10,9 +10,12 @@ back to the gate's log line. The service's health (``/readyz``) is published her
 from __future__ import annotations
 
 import contextvars
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from rgops.serving.workers import WorkerGroup
 
 
 @dataclass
@@ -47,3 +50,14 @@ def note_model(name: str, version: str) -> None:
     state = request_state_var.get()
     if state is not None:
         state.model = f"{name}:{version}"
+
+
+@functools.cache
+def worker_group(workers: int) -> WorkerGroup | None:
+    """This worker's :class:`WorkerGroup` when the server runs ``workers`` > 1 processes (else None):
+    one per process, shared by the gate (``/metrics``) and the service (``/admin/reload``)."""
+    if workers <= 1:
+        return None
+    group = WorkerGroup.for_this_server()
+    group.join()
+    return group

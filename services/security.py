@@ -32,7 +32,8 @@ from typing import Any
 
 from rgops.errors import ConfigError, RgopsError
 from services.boundary import Body, BodyLimits, RouteFields, read_json, read_multipart
-from services.context import DIRECT, HEALTH, NEEDS_MODEL, RequestState, current_request_id, request_state_var
+from services.context import (DIRECT, HEALTH, NEEDS_MODEL, RequestState, current_request_id, request_state_var,
+                              worker_group)
 from services.errors import (
     InternalError,
     NotFound,
@@ -153,15 +154,18 @@ class RgopsGate:
         metrics_require_key: ``/metrics`` needs the key too.
         keys: accepted API keys; default: :func:`load_api_keys` (the environment), read when the
             server builds its app, never at import.
+        workers: the server's worker processes; with more than one, ``/metrics`` sums every worker's
+            counters (:mod:`services.metrics`).
     """
 
     def __init__(self, app: ASGIApp, limits: BodyLimits, routes: Mapping[str, RouteFields],
-                 metrics_require_key: bool = False, keys: tuple[bytes, ...] | None = None) -> None:
+                 metrics_require_key: bool = False, keys: tuple[bytes, ...] | None = None, workers: int = 1) -> None:
         self.app = app
         self.keys = keys if keys is not None else load_api_keys()
         self.limits, self.routes = limits, dict(routes)
         self.metrics_require_key = metrics_require_key
-        self.metrics = RequestMetrics(frozenset(self.routes) | PROBES | DOC_PATHS | {"/metrics"})
+        self.metrics = RequestMetrics(frozenset(self.routes) | PROBES | DOC_PATHS | {"/metrics"},
+                                      worker_group(workers))
         install_log_filters()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -205,7 +209,7 @@ class RgopsGate:
             if self.metrics_require_key and not self._authorised(scope):
                 await self._refuse(send, self._unauthorised(), rid)
                 return
-            data = self.metrics.render()
+            data = await asyncio.to_thread(self.metrics.render)  # may wait briefly for the other workers
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"text/plain; version=0.0.4"),
                                     (b"content-length", str(len(data)).encode())]})

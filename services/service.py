@@ -44,7 +44,7 @@ from rgops.config import load_params
 from rgops.data.dicom import quiet_value_warnings
 from rgops.errors import GeneTableError
 from services.boundary import BodyLimits, RouteFields
-from services.context import DIRECT, HEALTH, NEEDS_MODEL, current_request_id, note_model
+from services.context import DIRECT, HEALTH, NEEDS_MODEL, current_request_id, note_model, worker_group
 from services.errors import RETRY_AFTER_S, InputRefused, maps_errors, validation_message
 from services.security import RgopsGate, load_api_keys
 
@@ -103,7 +103,7 @@ class PatchOut(BaseModel):
 
 @bentoml.service(
     name="rgops",
-    workers=1,
+    workers=CONFIG.worker_count(),
     threads=CONFIG.threads,
     traffic={"timeout": 120, "max_concurrency": 256},
     http={"cors": {"enabled": False}},
@@ -131,7 +131,8 @@ class RgopsService:
         self.cae = serving.ModelSlot(serving.CAE_MODEL, self.config.alias, resolve, load)
         self.gan = serving.ModelSlot(serving.GAN_MODEL, self.config.alias, resolve, load)
         self.reloader = serving.Reloader([self.cae, self.gan], self.config.reload_poll_s,
-                                         self.config.reload_timeout_s)
+                                         self.config.reload_timeout_s,
+                                         group=worker_group(self.config.worker_count()))
         HEALTH[:] = [self.health]
         NEEDS_MODEL.update({"/extract": lambda: self.cae.current, "/extract_patches": lambda: self.cae.current,
                             "/generate": lambda: self.gan.current})
@@ -300,6 +301,7 @@ class RgopsService:
 
         return {"request_id": current_request_id(),
                 "runtime": {"device": self.device, "torch_threads": torch.get_num_threads(),
+                            "workers": self.config.worker_count(),
                             "server_threads": self.config.threads, "max_batch_size": self.config.max_batch_size,
                             "batching": self.config.batching,
                             "tracing": os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() != "true"},
@@ -309,9 +311,11 @@ class RgopsService:
     @bentoml.api(route="/admin/reload")
     @maps_errors
     def reload(self) -> dict[str, Any]:
-        """Load the versions the aliases point at now (waits at most serve.reload_timeout_s); requests in
-        flight finish on the old ones."""
-        return {"request_id": current_request_id(), "models": self.reloader.reload_now()}
+        """Load the versions the aliases point at now, in every worker (waits at most serve.reload_timeout_s
+        for each step); requests in flight finish on the old ones. ``workers.not_synced`` names the
+        worker PIDs that had not reloaded in time (they reload on their own as soon as they can)."""
+        models, workers = self.reloader.reload_everywhere()
+        return {"request_id": current_request_id(), "models": models, "workers": workers}
 
 
 def _route_fields(service: Any) -> dict[str, RouteFields]:
@@ -331,6 +335,7 @@ RgopsService.add_asgi_middleware(
                       CONFIG.max_filename_chars, CONFIG.max_files + 32, CONFIG.max_patches),
     routes=_route_fields(RgopsService),
     metrics_require_key=CONFIG.metrics_require_key,
+    workers=CONFIG.worker_count(),
 )
 
 

@@ -54,9 +54,14 @@ class ServeConfig:
         max_latency_ms: adaptive batching: BentoML's latency budget per request; requests it
             predicts would exceed it are shed with 503, so on a CPU keep it well above one batch's time.
         device: where the models run: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        threads: requests the server runs at once (BentoML ``threads``; model calls release the GIL).
-        torch_threads: torch intra-op threads, set once at start (0: the CPU cores divided by the
-            server threads, at least 1; more threads than cores made model calls 6-13x slower under load).
+        workers: server processes (BentoML ``workers``; 0: one per CPU core, at most 4). One process
+            answers HTTP on one event loop under one GIL: at 8 clients on 2 cores one worker reached
+            0.57-0.67 of in-process throughput, two 0.99-1.05 (bench/serve.py). The workers act as
+            one server (:mod:`rgops.serving.workers`): a reload reaches all of them, ``/metrics``
+            sums them. Each worker holds its own copy of the models and its own uploads in memory.
+        threads: requests each worker runs at once (BentoML ``threads``; model calls release the GIL).
+        torch_threads: torch intra-op threads, set once at start (0: the CPU cores divided by
+            workers x threads, at least 1; more threads than cores made model calls 6-13x slower under load).
         reload_poll_s: seconds between checks whether the alias moved (0: only the admin route).
         reload_timeout_s: a reload (resolve + load) that takes longer is abandoned for this round; the
             loaded version keeps serving.
@@ -91,6 +96,7 @@ class ServeConfig:
     max_batch_size: int = 32
     max_latency_ms: int = 10000
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    workers: int = 0
     threads: int = 4
     torch_threads: int = 0
     reload_poll_s: float = 30.0
@@ -116,6 +122,8 @@ class ServeConfig:
             raise ConfigError(f"serve.batching must be adaptive, greedy or none, got {self.batching!r}")
         if self.max_latency_ms < 1 or self.reload_poll_s < 0 or self.traversal_span <= 0:
             raise ConfigError("serve.max_latency_ms must be >= 1, reload_poll_s >= 0, traversal_span > 0")
+        if not 0 <= self.workers <= 64:
+            raise ConfigError(f"serve.workers must be in 0..64 (0: one per CPU core, at most 4), got {self.workers}")
         if self.torch_threads < 0 or self.registry_retries < 0 or self.reload_timeout_s <= 0 \
                 or self.registry_timeout_s <= 0:
             raise ConfigError("serve.torch_threads and registry_retries must be >= 0, reload_timeout_s and "
@@ -138,16 +146,16 @@ class ServeConfig:
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device
 
-    def torch_thread_count(self, cpus: int | None = None) -> int:
-        """Intra-op threads for torch: ``torch_threads``, or the cores shared out over the server threads."""
-        import os
+    def worker_count(self, cpus: int | None = None) -> int:
+        """Server processes: ``workers``, or one per CPU core (at most 4)."""
+        return self.workers or min(_cpus() if cpus is None else cpus, 4)
 
+    def torch_thread_count(self, cpus: int | None = None) -> int:
+        """Intra-op threads for torch: ``torch_threads``, or the cores shared out over every worker's threads."""
         if self.torch_threads:
             return self.torch_threads
-        if cpus is None:
-            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        cores = cpus
-        return max(1, cores // self.threads)
+        cores = _cpus() if cpus is None else cpus
+        return max(1, cores // (self.worker_count(cores) * self.threads))
 
     @property
     def max_request_bytes(self) -> int:
@@ -168,3 +176,10 @@ class ServeConfig:
         """Read ``params['serve']``; defaults when the section (or the whole file) is absent."""
         data = (params or {}).get("serve") or {}
         return from_dict(cls, dict(data), "serve")
+
+
+def _cpus() -> int:
+    """CPU cores this process may run on."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -19,8 +19,11 @@ from rgops.data.datasets import GenePanel
 from rgops.data.patch import PatchSpec
 from rgops.errors import RegistryError, RgopsError, ServiceUnavailable, TrackingError
 from rgops.models.program_head import ProgramHead
+from rgops.serving.workers import WorkerGroup
 
 log = logging.getLogger(__name__)
+
+RELOAD_TOPIC = "reload"
 
 CAE_MODEL = "rgops-cae"
 GAN_MODEL = "rgops-gan"
@@ -201,9 +204,12 @@ class Reloader:
     """
 
     def __init__(self, slots: Sequence[ModelSlot], poll_s: float, timeout_s: float,
-                 backoff_s: float = 1.0, max_backoff_s: float = 30.0) -> None:
+                 backoff_s: float = 1.0, max_backoff_s: float = 30.0, group: WorkerGroup | None = None,
+                 watch_s: float = 0.1) -> None:
         self.slots, self.poll_s, self.timeout_s = list(slots), poll_s, timeout_s
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self.group, self.watch_s = group, watch_s
+        self._seen = group.latest(RELOAD_TOPIC) if group is not None else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -220,12 +226,42 @@ class Reloader:
             self.reload_now()
             if all(s.ready for s in self.slots):
                 delay = self.backoff_s
-                if self.poll_s <= 0:
+                if self.poll_s <= 0 and self.group is None:
                     return
-                wait = self.poll_s
+                wait = self.poll_s if self.poll_s > 0 else float("inf")
             else:
                 wait, delay = delay, min(delay * 2, self.max_backoff_s)
-            self._stop.wait(wait)
+            self._wait(wait)
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep ``seconds``, or until stopped; a reload another worker announces is handled meanwhile."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self.group is None:
+                self._stop.wait(left)
+                continue
+            self._stop.wait(min(left, self.watch_s))
+            token = self.group.latest(RELOAD_TOPIC)
+            if token is not None and token != self._seen:
+                self._seen = token
+                self.reload_now()
+                self.group.ack(RELOAD_TOPIC, token)
+
+    def reload_everywhere(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """:meth:`reload_now` here, then in every other worker of the server (waiting at most
+        ``timeout_s`` for them): each slot's outcome here, and the workers (``count``, and the PIDs
+        that had not reloaded in time, ``not_synced``)."""
+        outcome = self.reload_now()
+        if self.group is None:
+            return outcome, {"count": 1, "not_synced": []}
+        self._seen = token = self.group.announce(RELOAD_TOPIC)
+        missing = self.group.wait_acks(RELOAD_TOPIC, token, self.timeout_s)
+        if missing:
+            log.warning("reload announced; %d worker(s) had not reloaded after %g s", len(missing), self.timeout_s)
+        return outcome, {"count": len(self.group.live_pids()), "not_synced": missing}
 
     def reload_now(self) -> dict[str, Any]:
         """One attempt on every slot, waiting at most ``timeout_s``; each slot's outcome."""

@@ -105,7 +105,9 @@ def running_server(tmp: Path, serve_params: str, patch: dict | None = None):
 def server(tmp_path_factory):
     """(base URL, tracking URI, versions, log path): one `bentoml serve` process for the module."""
     # BentoML's adaptive batcher here; the fuzz suite's server runs the default (the greedy batcher)
-    params = "serve:\n  max_request_mb: 1\n  max_samples: 4\n  reload_poll_s: 0\n  traversal_steps: 3\n  batching: adaptive\n"
+    # two worker processes whatever the machine's cores: reloads and /metrics must act as one server
+    params = ("serve:\n  max_request_mb: 1\n  max_samples: 4\n  reload_poll_s: 0\n  traversal_steps: 3\n"
+              "  batching: adaptive\n  workers: 2\n")
     with running_server(tmp_path_factory.mktemp("serve"), params) as (base, uri, versions, log, _):
         yield base, uri, versions, log
 
@@ -150,6 +152,16 @@ def test_probes_open_everything_else_needs_a_key(server) -> None:
             assert c.get(path, headers={"Authorization": f"Bearer {KEY}"}).status_code == 404
         metrics = c.get("/metrics").text
         assert 'route="other"' in metrics and "patient-R01" not in metrics and 'route="/generate"' in metrics
+
+
+def test_metrics_count_every_worker(server) -> None:
+    base = server[0]
+    for _ in range(12):  # a fresh connection each: the two workers share them
+        with _client(base, None) as c:
+            assert c.get("/livez").status_code == 200
+    with _client(base, None) as c:
+        text = c.get("/metrics").text
+        assert 'rgops_requests_total{route="/livez",method="GET",status="200"} 12' in text, text[-2000:]
 
 
 def test_metadata_names_versions_and_genes(server) -> None:
@@ -341,7 +353,11 @@ def test_reload_follows_the_alias(server) -> None:
         got = r.json()["models"]["rgops-cae"]
         assert r.status_code == 200, r.text
         assert (got["version"], got["changed"], got["last_reload_ok"]) == (cae_v2, True, True)
+        assert r.json()["workers"] == {"count": 2, "not_synced": []}  # both workers reloaded before the answer
         assert c.get("/metadata").json()["models"]["rgops-cae"]["version"] == cae_v2
+    for _ in range(8):  # fresh connections land on either worker: every one serves v2 already
+        with _client(base) as c:
+            assert c.get("/metadata").json()["models"]["rgops-cae"]["version"] == cae_v2
     # a champion whose weights were altered after registration is refused; v2 keeps serving
     cae_v3 = _publish_in(folder, uri, seed=2)["cae"]
     caes = [p for p in (folder / "mlartifacts").rglob("model.pth")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -277,6 +278,95 @@ def test_model_slot_reads_are_never_blocked_by_a_reload(panel: GenePanel) -> Non
     gate.set()
     t.join(5)
     assert slot.current.version == "2"
+
+
+# --- several workers act as one server -------------------------------------------------------------
+
+
+@pytest.fixture()
+def other_worker():  # noqa: ANN201 - a real second process, standing in for another server worker
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc
+    proc.kill()
+    proc.wait(10)
+
+
+def _slot(panel: GenePanel, alias: dict[str, str]) -> serving.ModelSlot:
+    def load(name: str, version: str, a: str | None) -> serving.ServedModel:
+        return serving.ServedModel(name, version, a, "cae", _cae(panel), panel)
+
+    return serving.ModelSlot("rgops-cae", "champion", lambda n, a: alias.get(a), load)
+
+
+def test_a_reload_reaches_every_worker(panel: GenePanel, tmp_path, other_worker) -> None:  # noqa: ANN001
+    from rgops.serving.workers import WorkerGroup
+
+    alias = {"champion": "1"}
+    here, there = WorkerGroup(tmp_path), WorkerGroup(tmp_path, pid=other_worker.pid)
+    here.join()
+    there.join()
+    assert here.live_pids() == sorted([here.pid, other_worker.pid])
+    slot_here, slot_there = _slot(panel, alias), _slot(panel, alias)
+    mine = serving.Reloader([slot_here], poll_s=0, timeout_s=5, group=here)
+    theirs = serving.Reloader([slot_there], poll_s=0, timeout_s=5, group=there, watch_s=0.02)
+    mine.reload_now()
+    theirs.start()  # loads v1, then watches the folder (poll_s=0: no polling of the registry)
+    try:
+        alias["champion"] = "2"
+        models, workers = mine.reload_everywhere()
+        assert models["rgops-cae"]["version"] == "2" and models["rgops-cae"]["changed"] is True
+        assert workers == {"count": 2, "not_synced": []}
+        assert slot_there.current.version == "2"  # the other worker reloaded before the answer
+    finally:
+        theirs.stop()
+    # a worker that does not answer in time is named; the answer still comes
+    time.sleep(0.1)
+    alias["champion"] = "3"
+    mine.timeout_s = 0.3
+    _, workers = mine.reload_everywhere()
+    assert workers == {"count": 2, "not_synced": [other_worker.pid]} and slot_here.current.version == "3"
+    other_worker.kill()
+    other_worker.wait(10)
+    _, workers = mine.reload_everywhere()  # an exited worker is not waited for
+    assert workers == {"count": 1, "not_synced": []}
+
+
+def test_metrics_sum_every_worker(tmp_path, other_worker) -> None:  # noqa: ANN001
+    from rgops.serving.workers import WorkerGroup
+    from services.metrics import RequestMetrics
+
+    here, there = WorkerGroup(tmp_path), WorkerGroup(tmp_path, pid=other_worker.pid)
+    here.join()
+    there.join()
+    routes = frozenset({"/generate", "/metrics"})
+    mine, theirs = RequestMetrics(routes, here), RequestMetrics(routes, there)
+    for _ in range(3):
+        mine.observe("/generate", "POST", 200, 0.02)
+    theirs.observe("/generate", "POST", 200, 2.0)
+    theirs.observe("/patient-R01", "GET", 404, 0.001)
+    text = mine.render().decode()  # asks the other worker for a fresh snapshot: no sleep needed
+    assert 'rgops_requests_total{route="/generate",method="POST",status="200"} 4' in text
+    assert 'rgops_request_seconds_bucket{route="/generate",method="POST",status="200",le="0.025"} 3' in text
+    assert 'rgops_requests_total{route="other",method="GET",status="404"} 1' in text and "patient" not in text
+    other_worker.kill()
+    other_worker.wait(10)
+    # an exited worker's counts stay in the totals: counters never go backwards
+    assert 'rgops_requests_total{route="/generate",method="POST",status="200"} 4' in mine.render().decode()
+    single = RequestMetrics(routes)  # one worker: no folder, its own counts
+    single.observe("/generate", "POST", 200, 0.02)
+    assert 'rgops_requests_total{route="/generate",method="POST",status="200"} 1' in single.render().decode()
+
+
+def test_worker_count_and_torch_threads() -> None:
+    cfg = serving.ServeConfig()
+    assert cfg.worker_count(cpus=2) == 2 and cfg.worker_count(cpus=64) == 4 and cfg.worker_count(cpus=1) == 1
+    assert cfg.torch_thread_count(cpus=2) == 1 and cfg.torch_thread_count(cpus=64) == 4
+    assert serving.ServeConfig(workers=1, threads=2).torch_thread_count(cpus=8) == 4
+    with pytest.raises(ConfigError, match="serve.workers"):
+        serving.ServeConfig(workers=-1)
 
 
 # --- configuration ------------------------------------------------------------------------------
