@@ -56,7 +56,7 @@ class ServeConfig:
         device: where the models run: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         workers: server processes (BentoML ``workers``; 0: one per CPU core, at most 4). One process
             answers HTTP on one event loop under one GIL: at 8 clients on 2 cores one worker reached
-            0.57-0.67 of in-process throughput, two 0.99-1.05 (bench/serve.py). The workers act as
+            0.58-0.68 of in-process throughput, two 0.86-0.93 (bench/serve.py). The workers act as
             one server (:mod:`rgops.serving.workers`): a reload reaches all of them, ``/metrics``
             sums them. Each worker holds its own copy of the models and its own uploads in memory.
         threads: requests each worker runs at once (BentoML ``threads``; model calls release the GIL).

@@ -1,8 +1,8 @@
 """The worker processes of one server, and the folder they share.
 
 One Python process answers HTTP on one event loop and holds the GIL for every request's parsing and
-answer: on a 2-core machine a single worker reached 0.57-0.67 of in-process throughput at 8 clients,
-two workers 0.99-1.05 (bench/serve.py, issue #13). Several workers must still behave as one server:
+answer: on a 2-core machine a single worker reached 0.58-0.68 of in-process throughput at 8 clients,
+two workers 0.86-0.93 (bench/serve.py, issue #13). Several workers must still behave as one server:
 
 * ``/admin/reload`` reaches one worker. It reloads, then *announces* the reload in the shared
   folder; every other worker's reloader watches for announcements, reloads and *acknowledges*; the
