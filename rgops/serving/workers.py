@@ -96,18 +96,19 @@ class WorkerGroup:
     # -- membership ---------------------------------------------------------------------------------
 
     def join(self) -> None:
-        """Register this worker (its PID) in the folder."""
-        _write_atomic(self.folder / f"worker-{self.pid}", str(self.pid))
+        """Register this worker in the folder: its PID and that process's start time."""
+        _write_atomic(self.folder / f"worker-{self.pid}", _start_ticks(self.pid))
 
     def live_pids(self) -> list[int]:
-        """PIDs of the registered workers still running, this one included."""
+        """PIDs of the registered workers still running, this one included (a PID that an exited
+        worker left and another process took since is not one: its start time differs)."""
         pids = []
         for path in self.folder.glob("worker-*"):
             try:
                 pid = int(path.name.removeprefix("worker-"))
             except ValueError:
                 continue
-            if pid == self.pid or _alive(pid):
+            if pid == self.pid or (_alive(pid) and _read(path) == _start_ticks(pid)):
                 pids.append(pid)
         return sorted(pids)
 

@@ -334,6 +334,18 @@ def test_a_reload_reaches_every_worker(panel: GenePanel, tmp_path, other_worker)
     assert workers == {"count": 1, "not_synced": []}
 
 
+def test_a_reused_pid_is_not_a_worker(tmp_path, other_worker) -> None:  # noqa: ANN001
+    from rgops.serving.workers import WorkerGroup
+
+    here = WorkerGroup(tmp_path)
+    here.join()
+    # an exited worker's file whose PID another process has taken since: its start time differs
+    (tmp_path / f"worker-{other_worker.pid}").write_text("1")
+    assert here.live_pids() == [here.pid]
+    WorkerGroup(tmp_path, pid=other_worker.pid).join()
+    assert here.live_pids() == sorted([here.pid, other_worker.pid])
+
+
 def test_metrics_sum_every_worker(tmp_path, other_worker) -> None:  # noqa: ANN001
     from rgops.serving.workers import WorkerGroup
     from services.metrics import RequestMetrics
