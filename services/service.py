@@ -150,9 +150,17 @@ class RgopsService:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")  # MLflow reads an int
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """``/readyz``: ready when every model is loaded; each model's version and last reload error."""
+        """``/readyz``: ready when every model is loaded in every worker; each model's version and last
+        reload error (this worker's), and the workers that are not ready yet."""
         slots = (self.cae, self.gan)
-        return all(s.ready for s in slots), {"models": {s.name: s.status() for s in slots}}
+        body: dict[str, Any] = {"models": {s.name: s.status() for s in slots}}
+        ready = all(s.ready for s in slots)
+        group = self.reloader.group
+        if group is not None:
+            waiting = group.not_ready()
+            body["workers"] = {"count": len(group.live_pids()), "not_ready": waiting}
+            ready = ready and not waiting
+        return ready, body
 
     def _model(self, slot: serving.ModelSlot) -> serving.ServedModel:
         model = slot.current

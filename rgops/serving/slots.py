@@ -287,6 +287,8 @@ class Reloader:
                 slot.last_error = (f"reload still running after {self.timeout_s:g} s (serve.reload_timeout_s): the "
                                    "registry is slow or unreachable; the loaded version keeps serving")
             outcome[slot.name] = {**slot.status(), "changed": outcome[slot.name].get("changed", False)}
+        if self.group is not None:
+            self.group.set_ready(all(s.ready for s in self.slots))
         return outcome
 
 

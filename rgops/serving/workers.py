@@ -8,6 +8,9 @@ two workers 0.86-0.93 (bench/serve.py, issue #13). Several workers must still be
   folder; every other worker's reloader watches for announcements, reloads and *acknowledges*; the
   route answers once every live worker has acknowledged (or after the reload timeout, naming the
   workers that did not).
+* ``/readyz`` reaches one worker. Each worker publishes whether it has its models loaded; the
+  server is ready when every live worker is (a balancer that sees 200 never sends a request to a
+  worker that would answer 503).
 * ``/metrics`` reaches one worker. Each worker writes a snapshot of its counters to the folder;
   the answering worker asks for fresh snapshots, waits briefly for them, and sums them. A worker
   that exits leaves its snapshot, so the server's counters never go backwards.
@@ -111,6 +114,16 @@ class WorkerGroup:
             if pid == self.pid or (_alive(pid) and _read(path) == _start_ticks(pid)):
                 pids.append(pid)
         return sorted(pids)
+
+    # -- readiness ----------------------------------------------------------------------------------
+
+    def set_ready(self, ready: bool) -> None:
+        """Publish whether this worker has every model loaded."""
+        _write_atomic(self.folder / f"ready-{self.pid}", "1" if ready else "0")
+
+    def not_ready(self) -> list[int]:
+        """Live workers that have not published that they are ready (one just started counts)."""
+        return [pid for pid in self.live_pids() if _read(self.folder / f"ready-{pid}") != "1"]
 
     # -- announcements (reload) ---------------------------------------------------------------------
 

@@ -162,6 +162,8 @@ def test_metrics_count_every_worker(server) -> None:
     with _client(base, None) as c:
         text = c.get("/metrics").text
         assert 'rgops_requests_total{route="/livez",method="GET",status="200"} 12' in text, text[-2000:]
+        # ready means every worker has its models: a balancer never routes to a worker that would answer 503
+        assert c.get("/readyz").json()["workers"] == {"count": 2, "not_ready": []}
 
 
 def test_metadata_names_versions_and_genes(server) -> None:

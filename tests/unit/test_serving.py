@@ -334,6 +334,24 @@ def test_a_reload_reaches_every_worker(panel: GenePanel, tmp_path, other_worker)
     assert workers == {"count": 1, "not_synced": []}
 
 
+def test_the_server_is_ready_when_every_worker_is(panel: GenePanel, tmp_path, other_worker) -> None:  # noqa: ANN001
+    from rgops.serving.workers import WorkerGroup
+
+    here, there = WorkerGroup(tmp_path), WorkerGroup(tmp_path, pid=other_worker.pid)
+    here.join()
+    there.join()
+    their_alias: dict[str, str] = {}
+    mine = serving.Reloader([_slot(panel, {"champion": "1"})], poll_s=0, timeout_s=5, group=here)
+    theirs = serving.Reloader([_slot(panel, their_alias)], poll_s=0, timeout_s=5, group=there)
+    mine.reload_now()
+    assert here.not_ready() == [other_worker.pid]  # started, has published nothing yet
+    theirs.reload_now()  # its registry has no @champion yet: nothing loaded
+    assert here.not_ready() == [other_worker.pid]
+    their_alias["champion"] = "1"
+    theirs.reload_now()
+    assert here.not_ready() == [] and there.not_ready() == []
+
+
 def test_a_reused_pid_is_not_a_worker(tmp_path, other_worker) -> None:  # noqa: ANN001
     from rgops.serving.workers import WorkerGroup
 
