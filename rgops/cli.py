@@ -429,10 +429,12 @@ def serve_cmd(
     """
     import importlib
     import signal
+    import tempfile
 
     from rgops.config import load_params
     from rgops.serving.config import ServeConfig
     from rgops.serving.process import run_in_group
+    from rgops.serving.workers import STATE_DIR_ENV
 
     cfg = ServeConfig.from_params(load_params(params) if params.is_file() else None)
     # fail here, with the reason, rather than inside the server (services/ is the app layer, like flows/)
@@ -445,10 +447,6 @@ def serve_cmd(
                f"/metadata /healthz; OpenAPI at /docs)")
     cmd = [sys.executable, "-m", "bentoml", "serve", "services.service:RgopsService", "--host", host,
            "--port", str(port)]
-    import tempfile
-
-    from rgops.serving.workers import STATE_DIR_ENV
-
     # the workers' shared folder (reload announcements, metrics snapshots): fresh, removed afterwards
     with tempfile.TemporaryDirectory(prefix="rgops-serve-") as state:
         env.setdefault(STATE_DIR_ENV, state)
