@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from cae_variants import BASELINES, PROTOCOL, summarise_seeds  # noqa: E402
 from radiogenomics import prepare  # noqa: E402
 
 MODES = ("plain", "mask01", "mask_pm")
@@ -165,21 +165,9 @@ def write_results(out: Path, row: dict[str, Any]) -> None:
     rows = json.loads(out.read_text())["rows"] if out.is_file() else []
     rows = [r for r in rows if (r["mode"], r["seed"]) != (row["mode"], row["seed"])] + [row]
     rows.sort(key=lambda r: (r["mode"].split("_r")[0] not in MODES, r["mode"], r["seed"]))
-    summary: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        s = summary.setdefault(r["mode"], {"seeds": [], "linked_mean_per_seed": [], "hypoxia_per_seed": []})
-        s["seeds"].append(r["seed"])
-        s["linked_mean_per_seed"].append(r["linked_mean"][0])
-        s["hypoxia_per_seed"].append(r["hypoxia"])
-    for s in summary.values():
-        vals = s["linked_mean_per_seed"]
-        s["mean"] = round(statistics.fmean(vals), 4)
-        s["sd"] = round(statistics.stdev(vals), 4) if len(vals) > 1 else None
     doc = {"what": "the tumour mask as a second encoder channel; otherwise train_cae's bench preset",
-           "protocol": "ridge probe fitted on the bench cohort's training patients, scored on its held-out "
-                       "patients, 90% percentile bootstrap of the linked-program mean",
-           "baselines": "bench/results/radiogenomics.json (radiomics 0.662, handcrafted 0.656, oracle 0.840)",
-           "summary": summary, "rows": rows}
+           "protocol": PROTOCOL, "baselines": BASELINES, "summary": summarise_seeds(rows, "mode", ("hypoxia",)),
+           "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2))
 

@@ -125,31 +125,41 @@ def main() -> None:
     write_results(args.out, row)
 
 
+PROTOCOL = ("ridge probe fitted on the bench cohort's training patients, scored on its held-out "
+            "patients, 90% percentile bootstrap of the linked-program mean")
+BASELINES = "bench/results/radiogenomics.json (radiomics 0.662, handcrafted 0.656, oracle 0.840)"
+
+
+def summarise_seeds(rows: list[dict[str, Any]], by: str, extra: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """Per value of ``row[by]``: its seeds, the linked mean per seed (and each ``extra`` field per
+    seed), and the mean and sample spread of the linked mean over the seeds."""
+    import statistics
+
+    summary: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        s = summary.setdefault(r[by], {"seeds": [], "linked_mean_per_seed": [], **{f"{k}_per_seed": [] for k in extra}})
+        s["seeds"].append(r["seed"])
+        s["linked_mean_per_seed"].append(r["linked_mean"][0])
+        for k in extra:
+            s[f"{k}_per_seed"].append(r[k])
+    for s in summary.values():
+        vals = s["linked_mean_per_seed"]
+        s["mean"] = round(statistics.fmean(vals), 4)
+        s["sd"] = round(statistics.stdev(vals), 4) if len(vals) > 1 else None
+    return summary
+
+
 def write_results(out: Path, row: dict[str, Any]) -> None:
     """Add ``row`` to the results document (replacing an earlier run of the same variant and seed, whose
     training time it keeps when this run loaded cached weights) and
     recompute each variant's mean and spread over its seeds."""
-    import statistics
-
     rows = json.loads(out.read_text())["rows"] if out.is_file() else []
     same = [r for r in rows if (r["variant"], r["seed"]) == (row["variant"], row["seed"])]
     if row["train_s"] is None and same:  # weights from the cache: keep the training time measured then
         row = {**row, "train_s": same[0]["train_s"]}
     rows = [r for r in rows if r not in same] + [row]
     rows.sort(key=lambda r: (list(VARIANTS).index(r["variant"]) if r["variant"] in VARIANTS else 99, r["seed"]))
-    summary: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        summary.setdefault(r["variant"], {"seeds": [], "linked_mean_per_seed": []})
-        summary[r["variant"]]["seeds"].append(r["seed"])
-        summary[r["variant"]]["linked_mean_per_seed"].append(r["linked_mean"][0])
-    for v in summary.values():
-        vals = v["linked_mean_per_seed"]
-        v["mean"] = round(statistics.fmean(vals), 4)
-        v["sd"] = round(statistics.stdev(vals), 4) if len(vals) > 1 else None
-    doc = {"protocol": "ridge probe fitted on the bench cohort's training patients, scored on its held-out "
-                       "patients, 90% percentile bootstrap of the linked-program mean",
-           "baselines": "bench/results/radiogenomics.json (radiomics 0.662, handcrafted 0.656, oracle 0.840)",
-           "summary": summary, "rows": rows}
+    doc = {"protocol": PROTOCOL, "baselines": BASELINES, "summary": summarise_seeds(rows, "variant"), "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2))
 
