@@ -200,7 +200,9 @@ class Reloader:
     that takes longer keeps running (its slot reports ``reload_in_progress``) while the loaded
     version keeps serving. Until every slot has a model, attempts repeat with exponential backoff
     (``backoff_s`` doubling up to ``max_backoff_s``); then every ``poll_s`` seconds (0: only on
-    :meth:`reload_now`).
+    :meth:`reload_now`). With a :class:`WorkerGroup`, a move one worker's poll finds, or a
+    :meth:`reload_everywhere`, is announced to the other workers, whose reloaders follow within
+    ``watch_s``.
     """
 
     def __init__(self, slots: Sequence[ModelSlot], poll_s: float, timeout_s: float,
@@ -223,7 +225,11 @@ class Reloader:
     def _run(self) -> None:
         delay = self.backoff_s
         while not self._stop.is_set():
-            self.reload_now()
+            loaded = {s.name for s in self.slots if s.ready}
+            outcome = self.reload_now()
+            if self.group is not None and any(outcome[name].get("changed") for name in loaded):
+                # this worker's poll saw an alias move first: the others follow now, not at their own poll
+                self._seen = self.group.announce(RELOAD_TOPIC)
             if all(s.ready for s in self.slots):
                 delay = self.backoff_s
                 if self.poll_s <= 0 and self.group is None:

@@ -334,6 +334,32 @@ def test_a_reload_reaches_every_worker(panel: GenePanel, tmp_path, other_worker)
     assert workers == {"count": 1, "not_synced": []}
 
 
+def test_a_move_one_worker_polls_reaches_the_others(panel: GenePanel, tmp_path, other_worker) -> None:  # noqa: ANN001
+    from rgops.serving.workers import WorkerGroup
+
+    alias = {"champion": "1"}
+    here, there = WorkerGroup(tmp_path), WorkerGroup(tmp_path, pid=other_worker.pid)
+    here.join()
+    there.join()
+    slot_here, slot_there = _slot(panel, alias), _slot(panel, alias)
+    polling = serving.Reloader([slot_here], poll_s=0.2, timeout_s=5, group=here, watch_s=0.02)
+    waiting = serving.Reloader([slot_there], poll_s=3600, timeout_s=5, group=there, watch_s=0.02)  # never polls
+    polling.start()
+    waiting.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not (slot_here.ready and slot_there.ready) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        alias["champion"] = "2"
+        deadline = time.monotonic() + 10
+        while slot_there.current.version != "2" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert slot_here.current.version == "2" and slot_there.current.version == "2"
+    finally:
+        polling.stop()
+        waiting.stop()
+
+
 def test_the_server_is_ready_when_every_worker_is(panel: GenePanel, tmp_path, other_worker) -> None:  # noqa: ANN001
     from rgops.serving.workers import WorkerGroup
 
