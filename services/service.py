@@ -157,8 +157,9 @@ class RgopsService:
         ready = all(s.ready for s in slots)
         group = self.reloader.group
         if group is not None:
-            waiting = group.not_ready()
-            body["workers"] = {"count": len(group.live_pids()), "not_ready": waiting}
+            live = group.live_pids()  # one look at the folder per probe
+            waiting = group.not_ready(live)
+            body["workers"] = {"count": len(live), "not_ready": waiting}
             ready = ready and not waiting
         return ready, body
 

@@ -121,9 +121,11 @@ class WorkerGroup:
         """Publish whether this worker has every model loaded."""
         _write_atomic(self.folder / f"ready-{self.pid}", "1" if ready else "0")
 
-    def not_ready(self) -> list[int]:
-        """Live workers that have not published that they are ready (one just started counts)."""
-        return [pid for pid in self.live_pids() if _read(self.folder / f"ready-{pid}") != "1"]
+    def not_ready(self, live: list[int] | None = None) -> list[int]:
+        """Live workers (``live``, default :meth:`live_pids`) that have not published that they are
+        ready (one just started counts)."""
+        return [pid for pid in (self.live_pids() if live is None else live)
+                if _read(self.folder / f"ready-{pid}") != "1"]
 
     # -- announcements (reload) ---------------------------------------------------------------------
 
