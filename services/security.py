@@ -16,6 +16,12 @@ replayed to BentoML. Error responses BentoML makes itself are rewritten into the
 * One log line per request: route template, method, status, milliseconds, model version, request id;
   never a header, a body, a file name or an unknown path.
 * ``GET /metadata`` is answered by the ``/metadata`` API (BentoML APIs are POST-only).
+* A refusal sent before the client has finished its body (a 401, a 413 on ``Content-Length``, a
+  body refused half-way) lingers: the answer is sent, then the rest of the body is read and
+  discarded (at most :data:`LINGER_BYTES` and :data:`LINGER_S`) before the answer is completed.
+  Without it a client that sends its whole body before reading (urllib, ``requests``) had the
+  connection reset under it about one time in five and never saw the JSON refusal. A body too
+  big to linger for is answered with ``Connection: close``.
 """
 
 from __future__ import annotations
@@ -53,7 +59,12 @@ PROBES = frozenset({"/healthz", "/livez", "/readyz"})
 #: Framework pages that need the key like the APIs (OpenAPI, the docs UI).
 DOC_PATHS = frozenset({"/", "/docs", "/docs.json", "/schema.json"})
 
-__all__ = ["PROBES", "RgopsGate", "current_request_id", "key_matches", "load_api_keys"]
+#: The most of a refused request's unread body read and discarded so the client sees the answer.
+LINGER_BYTES = 32 * 1024 * 1024
+#: The longest a refusal waits for the rest of the body (a slow or stalled client is then cut off).
+LINGER_S = 10.0
+
+__all__ = ["LINGER_BYTES", "LINGER_S", "PROBES", "RgopsGate", "current_request_id", "key_matches", "load_api_keys"]
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -143,6 +154,40 @@ async def _send_json(send: Send, status: int, body: dict[str, Any], request_id: 
     await send({"type": "http.response.body", "body": data})
 
 
+class _Receipt:
+    """The client's receive channel, noting whether the request body has been read to its end."""
+
+    def __init__(self, receive: Receive, scope: Scope) -> None:
+        self._receive = receive
+        self.done = False
+        declared = next((v for k, v in scope.get("headers", []) if k.lower() == b"content-length"), b"")
+        #: the body is declared larger than a refusal lingers for
+        self.too_big = declared.isdigit() and int(declared) > LINGER_BYTES
+
+    async def __call__(self) -> Message:
+        message = await self._receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.done = True
+        return message
+
+    async def linger(self, budget: int, seconds: float) -> bool:
+        """Read and discard the rest of the body; True once it has all been read (or the client
+        has gone), False when it would take more than ``budget`` bytes or ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while not self.done:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                message = await asyncio.wait_for(self(), left)
+            except asyncio.TimeoutError:
+                return False
+            budget -= len(message.get("body", b""))
+            if budget < 0 and not self.done:
+                return False
+        return True
+
+
 class RgopsGate:
     """Pure ASGI middleware: see the module docstring.
 
@@ -173,6 +218,7 @@ class RgopsGate:
             await self.app(scope, receive, send)
             return
         path, method = scope.get("path", ""), scope.get("method", "")
+        receipt = _Receipt(receive, scope)
         rid = uuid.uuid4().hex
         state = RequestState(rid)
         token = request_state_var.set(state)
@@ -188,9 +234,9 @@ class RgopsGate:
 
         try:
             if path in PROBES or path == "/metrics":
-                await self._open(scope, receive, send_with_id, rid, path)
+                await self._open(scope, receipt, send_with_id, rid, path)
             else:
-                await self._handle(scope, receive, send_with_id, rid, path)
+                await self._handle(scope, receipt, send_with_id, rid, path)
         finally:
             request_state_var.reset(token)
             seconds = time.perf_counter() - t0
@@ -199,15 +245,30 @@ class RgopsGate:
                 log.info("%s %s -> %d in %.1f ms model=%s [%s]", method, self.metrics.route_of(path), status_box[0],
                          seconds * 1000, state.model or "-", rid)
 
-    async def _refuse(self, send: Send, exc: BaseException, rid: str) -> None:
+    async def _refuse(self, send: Send, exc: BaseException, rid: str, receipt: _Receipt | None = None) -> None:
+        """Answer ``exc``; with ``receipt`` whose body is unread, linger for it (module docstring)."""
         status = status_of(exc)
-        await _send_json(send, status, error_body(exc, rid), rid, error_headers(status))
+        if receipt is None or receipt.done:
+            await _send_json(send, status, error_body(exc, rid), rid, error_headers(status))
+            return
+        data = json.dumps(error_body(exc, rid)).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+        headers += [(k.lower().encode(), v.encode()) for k, v in (error_headers(status) or {}).items()]
+        if receipt.too_big:
+            await send({"type": "http.response.start", "status": status, "headers": headers + [(b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": data})
+            return
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+        if not await receipt.linger(LINGER_BYTES, LINGER_S):
+            log.info("request %s: the refused body was not read to its end; the connection closes", rid)
+        await send({"type": "http.response.body", "body": b""})
 
-    async def _open(self, scope: Scope, receive: Receive, send: Send, rid: str, path: str) -> None:
+    async def _open(self, scope: Scope, receive: _Receipt, send: Send, rid: str, path: str) -> None:
         """The probes and /metrics: no body, no key (unless metrics_require_key)."""
         if path == "/metrics":
             if self.metrics_require_key and not self._authorised(scope):
-                await self._refuse(send, self._unauthorised(), rid)
+                await self._refuse(send, self._unauthorised(), rid, receive)
                 return
             data = await asyncio.to_thread(self.metrics.render)  # may wait briefly for the other workers
             await send({"type": "http.response.start", "status": 200,
@@ -231,9 +292,9 @@ class RgopsGate:
         return Unauthorized("missing or invalid API key; send exactly one header 'Authorization: Bearer <key>' with "
                             "a key configured in RGOPS_API_KEYS or RGOPS_API_KEYS_FILE")
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, rid: str, path: str) -> None:
+    async def _handle(self, scope: Scope, receive: _Receipt, send: Send, rid: str, path: str) -> None:
         if not self._authorised(scope):
-            await self._refuse(send, self._unauthorised(), rid)
+            await self._refuse(send, self._unauthorised(), rid, receive)
             return
         try:
             self._check_head(scope, path)
@@ -241,7 +302,7 @@ class RgopsGate:
                 NEEDS_MODEL[path]()
             body = await self._read_body(scope, receive, path)
         except RgopsError as exc:
-            await self._refuse(send, exc, rid)
+            await self._refuse(send, exc, rid, receive)
             return
         direct = DIRECT.get(path)
         if direct is not None and scope.get("method") == "POST" and body.json_bytes is not None:
