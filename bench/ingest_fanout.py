@@ -1,9 +1,12 @@
 """Ingest on the Dask fan-out (flows/ingest.py) with 1 and 2 worker processes, against ingest in one process.
 
-The same synthetic cohort is ingested three ways in one run: in-process (``rgops.retrain.ingest_step``,
+The same synthetic cohort is ingested four ways in one run: in-process (``rgops.retrain.ingest_step``,
 what ``rgops ingest --ingest-workers 0`` does), and through the Prefect flow on a local Dask cluster of
-1 and of 2 processes (``run_ingest_fanout``; Prefect's ephemeral API is started before the timing).
-Each fan-out time includes starting its cluster, which a real run pays too. The three datasets must be
+1 and of 2 processes (``run_ingest_fanout``, its default number of tasks; Prefect's ephemeral API is
+started before the timing), and, as the baseline of the batching, on 2 processes with one task per
+patient (what the fan-out did before). Each fan-out time includes starting its cluster, which a
+real run pays too; ``tasks_span_s`` is the part from the first ingest task's start to the last one's
+end, read back from Prefect's API (the part that processes can share). The datasets must be
 byte-identical (same digest). Writes ``bench/results/ingest_fanout.json``.
 
     .venv/bin/python bench/ingest_fanout.py [--patients 64]
@@ -24,6 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 OUT = ROOT / "bench" / "results" / "ingest_fanout.json"
+
+
+def _task_runs() -> list:
+    """Every ingest task run Prefect's API holds (finished ones carry start and end times)."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return [t for t in client.read_task_runs() if t.name.startswith("ingest-patients-")]
 
 
 def main() -> None:
@@ -55,24 +66,36 @@ def main() -> None:
         t0 = time.perf_counter()
         digest = ingest_step(cohort, tmp / "in-process", params).data_digest
         runs["in_process"] = {"seconds": round(time.perf_counter() - t0, 2), "data_digest": digest}
-        for workers in (1, 2):
+        for name, workers, tasks in (("dask_1_workers", 1, None), ("dask_2_workers", 2, None),
+                                     ("dask_2_workers_task_per_patient", 2, args.patients)):
+            seen = _task_runs()
             t0 = time.perf_counter()
-            outcome = run_ingest_fanout(str(cohort), str(tmp / f"dask-{workers}"), dict(params), workers=workers)
-            runs[f"dask_{workers}_workers"] = {"seconds": round(time.perf_counter() - t0, 2),
-                                               "data_digest": outcome.data_digest}
+            outcome = run_ingest_fanout(str(cohort), str(tmp / name), dict(params), workers=workers, tasks=tasks)
+            seconds = time.perf_counter() - t0
+            new = [t for t in _task_runs() if t.id not in {s.id for s in seen}]
+            span = max(t.end_time for t in new) - min(t.start_time for t in new)
+            runs[name] = {"seconds": round(seconds, 2), "tasks": len(new), "tasks_span_s": round(span.total_seconds(), 2),
+                          "data_digest": outcome.data_digest}
     for r in runs.values():
         r["patients_per_s"] = round(args.patients / r["seconds"], 2)
     identical = len({r["data_digest"] for r in runs.values()}) == 1
+    d1, d2, per = runs["dask_1_workers"], runs["dask_2_workers"], runs["dask_2_workers_task_per_patient"]
     res = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
            "patients": args.patients, "image_size": args.image_size, "runs": runs, "byte_identical": identical,
-           "speedup_2_over_1_workers": round(runs["dask_1_workers"]["seconds"] / runs["dask_2_workers"]["seconds"], 2),
-           "speedup_2_workers_over_in_process": round(runs["in_process"]["seconds"] / runs["dask_2_workers"]["seconds"], 2),
-           "note": "fan-out times include starting the local Dask cluster and the flow run"}
+           "speedup_2_over_1_workers": round(d1["seconds"] / d2["seconds"], 2),
+           "tasks_span_speedup_2_over_1_workers": round(d1["tasks_span_s"] / d2["tasks_span_s"], 2),
+           "speedup_batched_over_task_per_patient": round(per["seconds"] / d2["seconds"], 2),
+           "speedup_2_workers_over_in_process": round(runs["in_process"]["seconds"] / d2["seconds"], 2),
+           "note": "fan-out times include starting the local Dask cluster and the flow run; tasks_span_s is "
+                   "first ingest task start to last ingest task end (Prefect's task-run times)"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     for name, r in runs.items():
-        print(f"{name:18s} {r['seconds']:7.2f} s  {r['patients_per_s']:6.2f} patients/s")
-    print(f"2 workers / 1 worker: {res['speedup_2_over_1_workers']}x; byte-identical: {identical}")
+        span = f"  tasks {r['tasks']:3d}, span {r['tasks_span_s']:6.2f} s" if "tasks" in r else ""
+        print(f"{name:34s} {r['seconds']:7.2f} s  {r['patients_per_s']:6.2f} patients/s{span}")
+    print(f"2 workers / 1 worker: {res['speedup_2_over_1_workers']}x overall, "
+          f"{res['tasks_span_speedup_2_over_1_workers']}x over the tasks' span; batched / one task per patient: "
+          f"{res['speedup_batched_over_task_per_patient']}x; byte-identical: {identical}")
     print(f"-> {args.out}")
     if not identical:
         raise SystemExit("the datasets differ between in-process and fan-out ingest")

@@ -113,8 +113,9 @@ def retrain(cohort: str, workdir: str = "retrain-output", params_path: str = "pa
         experiment: MLflow experiment of the training runs.
         approval_timeout_s: how long a manual approval waits before the version stays @challenger.
         device: training device (``auto`` default).
-        ingest_workers: one ingest task per patient on a local Dask cluster of this many processes
-            (:mod:`flows.ingest`); 0 or 1 ingests in-process. ``dask_address``: a scheduler to use instead.
+        ingest_workers: ingest tasks (4 per process, each a run of patients) on a local Dask cluster
+            of this many processes (:mod:`flows.ingest`); 0 or 1 ingests in-process. ``dask_address``:
+            a scheduler to use instead.
 
     Returns:
         ``{"candidates", "promoted", "pending", "rejected"}`` (each kind -> version) and ``"metrics"``.

@@ -303,8 +303,9 @@ def retrain_cmd(
     tracking_uri: Optional[str] = TrackingOpt,
     experiment: str = typer.Option("rgops", "--experiment", help="MLflow experiment of the training runs."),
     approval_timeout: int = typer.Option(3600, "--approval-timeout", help="Seconds a manual approval waits."),
-    ingest_workers: int = typer.Option(2, "--ingest-workers", help="Ingest one Prefect task per patient on a "
-                                       "local Dask cluster of N processes; 0 or 1: in-process, no Dask."),
+    ingest_workers: int = typer.Option(2, "--ingest-workers", help="Ingest as Prefect tasks (4 per "
+                                       "process, each a run of patients) on a local Dask cluster of N processes; "
+                                       "0 or 1: in-process, no Dask."),
     dask_address: Optional[str] = typer.Option(None, "--dask-address", help="Dask scheduler (tcp://host:8786) "
                                                "to fan ingest out to instead of a local cluster."),
 ) -> None:

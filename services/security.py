@@ -255,7 +255,8 @@ class RgopsGate:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
         headers += [(k.lower().encode(), v.encode()) for k, v in (error_headers(status) or {}).items()]
         if receipt.too_big:
-            await send({"type": "http.response.start", "status": status, "headers": headers + [(b"connection", b"close")]})
+            headers.append((b"connection", b"close"))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": data})
             return
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -43,15 +43,15 @@ def test_dask_fanout_matches_the_loop_and_stores_no_source_id(prefect_harness, t
     from flows.ingest import run_ingest_fanout
 
     out = tmp_path / "datasets"
-    outcome = run_ingest_fanout(str(tiny_cohort), str(out), {"ingest": {}}, workers=2)
+    outcome = run_ingest_fanout(str(tiny_cohort), str(out), {"ingest": {}}, workers=2, tasks=3)
     assert not outcome.cached and outcome.report["ingested"] == 8
     loop, fanned = folder_bytes(tiny_datasets), folder_bytes(out)
     assert sorted(fanned) == sorted(loop)
     assert [name for name in loop if loop[name] != fanned[name]] == []
 
     names, stored = _stored_text()
-    patient_runs = sorted(n for n in names if n.startswith("ingest-patient-"))
-    assert patient_runs == sorted(f"ingest-patient-{i}" for i in range(8))
+    patient_runs = sorted(n for n in names if n.startswith("ingest-patients-"))
+    assert patient_runs == ["ingest-patients-0-2", "ingest-patients-3-4", "ingest-patients-5-7"]
     source_ids = sorted(d.name for d in (tiny_cohort / "ct").iterdir() if d.is_dir())
     assert len(source_ids) == 8
     assert [s for s in source_ids if s in stored] == []
@@ -60,4 +60,17 @@ def test_dask_fanout_matches_the_loop_and_stores_no_source_id(prefect_harness, t
     # unchanged cohort and params: the stamp is honoured, no cluster and no task runs
     again = run_ingest_fanout(str(tiny_cohort), str(out), {"ingest": {}}, workers=2)
     assert again.cached and again.data_digest == outcome.data_digest
-    assert len([n for n in _stored_text()[0] if n.startswith("ingest-patient-")]) == 8
+    assert len([n for n in _stored_text()[0] if n.startswith("ingest-patients-")]) == 3
+
+
+def test_jobs_split_into_even_contiguous_runs() -> None:
+    from flows.ingest import split_jobs
+
+    for n in (0, 1, 7, 8, 64, 65):
+        for tasks in (1, 3, 8, 100):
+            runs = split_jobs(list(range(n)), tasks)
+            assert [j for r in runs for j in r] == list(range(n))  # every job once, in order
+            assert len(runs) == min(tasks, n) and all(runs)
+            assert max(map(len, runs), default=0) - min(map(len, runs), default=0) <= 1
+    with pytest.raises(ValueError, match="at least 1"):
+        split_jobs([1], 0)
