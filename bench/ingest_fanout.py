@@ -9,7 +9,8 @@ real run pays too; ``tasks_span_s`` is the part from the first ingest task's sta
 end, read back from Prefect's API (the part that processes can share). The datasets must be
 byte-identical (same digest). Writes ``bench/results/ingest_fanout.json``.
 
-    .venv/bin/python bench/ingest_fanout.py [--patients 64]
+    .venv/bin/python bench/ingest_fanout.py [--patients 64] [--image-size 128] [--repeats 2]
+    .venv/bin/python bench/ingest_fanout.py --patients 96 --image-size 512 --out bench/results/ingest_fanout_512px.json
 """
 
 from __future__ import annotations
@@ -30,17 +31,20 @@ OUT = ROOT / "bench" / "results" / "ingest_fanout.json"
 
 
 def _task_runs() -> list:
-    """Every ingest task run Prefect's API holds (finished ones carry start and end times)."""
+    """The newest ingest task runs Prefect's API holds (finished ones carry start and end times)."""
     from prefect import get_client
+    from prefect.client.schemas.sorting import TaskRunSort
 
     with get_client(sync_client=True) as client:
-        return [t for t in client.read_task_runs() if t.name.startswith("ingest-patients-")]
+        runs = client.read_task_runs(sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=200)
+    return [t for t in runs if t.name.startswith("ingest-patients-")]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patients", type=int, default=64)
     ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=2, help="each way is timed this many times, interleaved; best kept")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="rgops-bench-fanout-") as tmp_s:
@@ -62,32 +66,40 @@ def main() -> None:
         generate_cohort(cohort, SynthConfig(n_patients=args.patients, seed=11, image_size=args.image_size,
                                             min_slices=8, max_slices=16))
         flow(name="warm-up")(lambda: None)()  # start Prefect's ephemeral API outside the timings
-        runs = {}
-        t0 = time.perf_counter()
-        digest = ingest_step(cohort, tmp / "in-process", params).data_digest
-        runs["in_process"] = {"seconds": round(time.perf_counter() - t0, 2), "data_digest": digest}
-        for name, workers, tasks in (("dask_1_workers", 1, None), ("dask_2_workers", 2, None),
-                                     ("dask_2_workers_task_per_patient", 2, args.patients)):
-            seen = _task_runs()
+        runs: dict[str, dict] = {}
+
+        def keep(name: str, run: dict) -> None:  # the best repeat of each way
+            if name not in runs or run["seconds"] < runs[name]["seconds"]:
+                runs[name] = run
+
+        for rep in range(args.repeats):
             t0 = time.perf_counter()
-            outcome = run_ingest_fanout(str(cohort), str(tmp / name), dict(params), workers=workers, tasks=tasks)
-            seconds = time.perf_counter() - t0
-            new = [t for t in _task_runs() if t.id not in {s.id for s in seen}]
-            span = max(t.end_time for t in new) - min(t.start_time for t in new)
-            runs[name] = {"seconds": round(seconds, 2), "tasks": len(new), "tasks_span_s": round(span.total_seconds(), 2),
-                          "data_digest": outcome.data_digest}
+            digest = ingest_step(cohort, tmp / f"in-process-{rep}", params).data_digest
+            keep("in_process", {"seconds": round(time.perf_counter() - t0, 2), "data_digest": digest})
+            for name, workers, tasks in (("dask_1_workers", 1, None), ("dask_2_workers", 2, None),
+                                         ("dask_2_workers_task_per_patient", 2, args.patients)):
+                seen = _task_runs()
+                t0 = time.perf_counter()
+                outcome = run_ingest_fanout(str(cohort), str(tmp / f"{name}-{rep}"), dict(params), workers=workers,
+                                            tasks=tasks)
+                seconds = time.perf_counter() - t0
+                new = [t for t in _task_runs() if t.id not in {s.id for s in seen}]
+                span = max(t.end_time for t in new) - min(t.start_time for t in new)
+                keep(name, {"seconds": round(seconds, 2), "tasks": len(new),
+                            "tasks_span_s": round(span.total_seconds(), 2), "data_digest": outcome.data_digest})
     for r in runs.values():
         r["patients_per_s"] = round(args.patients / r["seconds"], 2)
     identical = len({r["data_digest"] for r in runs.values()}) == 1
     d1, d2, per = runs["dask_1_workers"], runs["dask_2_workers"], runs["dask_2_workers_task_per_patient"]
     res = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-           "patients": args.patients, "image_size": args.image_size, "runs": runs, "byte_identical": identical,
+           "patients": args.patients, "image_size": args.image_size, "repeats": args.repeats, "runs": runs, "byte_identical": identical,
            "speedup_2_over_1_workers": round(d1["seconds"] / d2["seconds"], 2),
            "tasks_span_speedup_2_over_1_workers": round(d1["tasks_span_s"] / d2["tasks_span_s"], 2),
            "speedup_batched_over_task_per_patient": round(per["seconds"] / d2["seconds"], 2),
            "speedup_2_workers_over_in_process": round(runs["in_process"]["seconds"] / d2["seconds"], 2),
-           "note": "fan-out times include starting the local Dask cluster and the flow run; tasks_span_s is "
-                   "first ingest task start to last ingest task end (Prefect's task-run times)"}
+           "note": "best of the repeats; fan-out times include starting the local Dask cluster and the flow "
+                   "run; tasks_span_s is first ingest task start to last ingest task end (Prefect's task-run "
+                   "times)"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     for name, r in runs.items():
