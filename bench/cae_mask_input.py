@@ -9,7 +9,17 @@ touches only the image, and the loss still reconstructs only the image. Modes:
 
 * ``plain``: one channel, the production CAE (the control);
 * ``mask01``: mask channel 0 outside the tumour, 1 inside (0 is also what the convolution pads with);
-* ``mask_pm``: mask channel -1 outside, +1 inside.
+* ``mask_pm``: mask channel -1 outside, +1 inside;
+* ``mask_pm_pool``: ``mask_pm``, and the biomarker also carries the mean and standard deviation,
+  inside the tumour, of each of the first encoder block's feature maps (learned texture pooled over
+  the tumour: the hypoxia signal is a faint necrotic core at the scale of the noise, which the
+  bottleneck's global layout may not keep). The gene head reads latent and pooled statistics, so
+  its gradient shapes the first block's filters; the decoder still reads the latent only;
+* ``mask_pm_pool_soft``: ``mask_pm_pool`` with a soft-tissue window (-100..150 HU) of the patch as a
+  further input channel and no intensity jitter (the one earlier setting that found some hypoxia,
+  ``bench/cae_variants.py``), so the pooled statistics see the 12 HU core at a finer HU step;
+* ablations of it: ``mask_pm_soft`` (the view and no jitter, no pooled statistics) and
+  ``mask_pm_pool_nojit`` (pooled statistics and no jitter, no view).
 
 Each run adds its row to ``bench/results/cae_mask_input.json`` (a rerun of a mode and seed replaces
 its row) with each mode's mean and spread over seeds. The cohort is the radiogenomics bench's
@@ -38,7 +48,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from cae_variants import BASELINES, PROTOCOL, summarise_seeds  # noqa: E402
 from radiogenomics import prepare  # noqa: E402
 
-MODES = ("plain", "mask01", "mask_pm")
+MODES = ("plain", "mask01", "mask_pm", "mask_pm_pool", "mask_pm_pool_soft", "mask_pm_soft", "mask_pm_pool_nojit")
+SOFT_TISSUE_HU = (-100.0, 150.0)
 OUT = ROOT / "bench" / "results" / "cae_mask_input.json"
 
 
@@ -46,6 +57,19 @@ def mask_channel(masks: np.ndarray, mode: str) -> np.ndarray:
     """``(N, 1, S, S)`` uint8 masks -> the encoder's mask channel, float32 in the mode's coding."""
     m = np.asarray(masks, dtype=np.float32)
     return m if mode == "mask01" else m * 2.0 - 1.0
+
+
+def tumour_pooled(h: Any, mask_pm: Any) -> Any:
+    """Mean and standard deviation of each channel of ``h`` (B, C, s, s) inside the tumour, the mask
+    (B, 1, S, S, coded +-1) average-pooled to ``s``: (B, 2C)."""
+    import torch
+    import torch.nn.functional as F
+
+    w = F.adaptive_avg_pool2d((mask_pm + 1) / 2, h.shape[-1])
+    total = w.sum(dim=(2, 3)).clamp_min(1e-3)
+    mean = (h * w).sum(dim=(2, 3)) / total
+    var = ((h - mean[:, :, None, None]) ** 2 * w).sum(dim=(2, 3)) / total
+    return torch.cat([mean, (var + 1e-6).sqrt()], dim=1)
 
 
 def train(ds: Any, params: dict[str, Any], mode: str, seed: int, repeats: int | None = None) -> tuple[Any, Any, float]:
@@ -70,12 +94,35 @@ def train(ds: Any, params: dict[str, Any], mode: str, seed: int, repeats: int | 
     torch.manual_seed(seed)
     model = ConditionalAE(config)
     first = model.stem[0][0]
-    if mode != "plain":  # (B, 2, S, S): the image and its tumour mask
-        model.stem[0][0] = nn.Conv2d(2, first.out_channels, 4, stride=2, padding=1, bias=False)
+    soft = mode.endswith("_soft")
+    no_jitter = soft or mode.endswith("_nojit")
+    if mode != "plain":  # (B, 2, S, S): the image and its tumour mask [+ the soft-tissue view]
+        model.stem[0][0] = nn.Conv2d(3 if soft else 2, first.out_channels, 4, stride=2, padding=1, bias=False)
+    pool = "_pool" in mode
+    if no_jitter:
+        tc = type(tc)(**{**tc.__dict__, "augment": type(tc.augment)(
+            **{**tc.augment.__dict__, "intensity_scale": 0.0, "intensity_shift": 0.0})})
+    lo0, hi0 = config.hu_window
+
+    def soft_view(image: torch.Tensor) -> torch.Tensor:
+        hu = (image + 1) / 2 * (hi0 - lo0) + lo0
+        lo, hi = SOFT_TISSUE_HU
+        return ((hu - lo) / (hi - lo) * 2 - 1).clamp(-1.0, 1.0)
+    if pool:  # the gene head reads the latent and the tumour-pooled statistics of the first block
+        model.aux_head = nn.Sequential(nn.Linear(config.latent_dim + 2 * first.out_channels, config.gene_hidden),
+                                       nn.SiLU(), nn.Linear(config.gene_hidden, config.aux_dim))
+
+    def encode_parts(x: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(latent for the decoder, the biomarker: the latent [+ pooled statistics])."""
+        if soft:
+            x = torch.cat([x[:, :1], soft_view(x[:, :1]), x[:, 1:]], dim=1)
+        h1 = model.stem[0](x)
+        h = model.stem[1:](h1).flatten(1)
+        z = torch.cat([model.to_latent(h), scale[:, None]], dim=1)  # the scale input, as in ConditionalAE
+        return z, torch.cat([z, tumour_pooled(h1, x[:, -1:])], dim=1) if pool else z
 
     def encode(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        h = model.stem(x).flatten(1)
-        return torch.cat([model.to_latent(h), scale[:, None]], dim=1)  # the scale input, as in ConditionalAE
+        return encode_parts(x, scale)[1]
 
     rows, pids = ds.indices("train"), ds.patient_ids
     targets = torch.from_numpy(gene_targets(ds.genes, pids, rows, config.aux_pcs)[rows])
@@ -97,9 +144,10 @@ def train(ds: Any, params: dict[str, Any], mode: str, seed: int, repeats: int | 
             jitter_scale = 1 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * tc.augment.intensity_scale
             jitter_shift = (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * tc.augment.intensity_shift
             image = (x[:, :1] * jitter_scale + jitter_shift).clamp(-1.0, 1.0)
-            mask = x[:, 1:] if mode == "mask_pm" else (x[:, 1:] + 1) / 2
-            z = encode(image if mode == "plain" else torch.cat([image, mask], dim=1), scale[idx])
-            loss = F.mse_loss(model.decode(z, genes[idx]), image) + tc.aux_weight * F.mse_loss(model.aux_head(z), targets[idx])
+            mask = (x[:, 1:] + 1) / 2 if mode == "mask01" else x[:, 1:]
+            z, feats = encode_parts(image if mode == "plain" else torch.cat([image, mask], dim=1), scale[idx])
+            loss = (F.mse_loss(model.decode(z, genes[idx]), image)
+                    + tc.aux_weight * F.mse_loss(model.aux_head(feats), targets[idx]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
