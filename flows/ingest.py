@@ -170,5 +170,5 @@ def run_ingest_fanout(cohort: str, out: str, params: dict[str, Any], workers: in
     return R.IngestOutcome(res["path"], res["data_digest"], res["cached"], res["fingerprint"], res["report"])
 
 
-__all__ = ["TASKS_PER_WORKER", "api_url_for_workers", "dask_task_runner", "ingest_fanout", "local_worker_config", "ingest_patients_task", "prefect_map",
-           "run_ingest_fanout", "split_jobs"]
+__all__ = ["TASKS_PER_WORKER", "api_url_for_workers", "dask_task_runner", "ingest_fanout", "ingest_patients_task",
+           "local_worker_config", "prefect_map", "run_ingest_fanout", "split_jobs"]

@@ -145,13 +145,14 @@ def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any], request_id: str,
-                     extra: Mapping[str, str] | None = None) -> None:
+                     extra: Mapping[str, str] | None = None, more_body: bool = False) -> None:
+    """Send ``body`` as JSON; with ``more_body`` the answer stays open (end it with an empty body)."""
     data = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
                (b"x-request-id", request_id.encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
+    await send({"type": "http.response.body", "body": data, "more_body": more_body})
 
 
 class _Receipt:
@@ -248,22 +249,16 @@ class RgopsGate:
     async def _refuse(self, send: Send, exc: BaseException, rid: str, receipt: _Receipt | None = None) -> None:
         """Answer ``exc``; with ``receipt`` whose body is unread, linger for it (module docstring)."""
         status = status_of(exc)
+        headers = error_headers(status)
         if receipt is None or receipt.done:
-            await _send_json(send, status, error_body(exc, rid), rid, error_headers(status))
-            return
-        data = json.dumps(error_body(exc, rid)).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-        headers += [(k.lower().encode(), v.encode()) for k, v in (error_headers(status) or {}).items()]
-        if receipt.too_big:
-            headers.append((b"connection", b"close"))
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": data})
-            return
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": data, "more_body": True})
-        if not await receipt.linger(LINGER_BYTES, LINGER_S):
-            log.info("request %s: the refused body was not read to its end; the connection closes", rid)
-        await send({"type": "http.response.body", "body": b""})
+            await _send_json(send, status, error_body(exc, rid), rid, headers)
+        elif receipt.too_big:
+            await _send_json(send, status, error_body(exc, rid), rid, {**headers, "Connection": "close"})
+        else:
+            await _send_json(send, status, error_body(exc, rid), rid, headers, more_body=True)
+            if not await receipt.linger(LINGER_BYTES, LINGER_S):
+                log.info("request %s: the refused body was not read to its end within the linger limits", rid)
+            await send({"type": "http.response.body", "body": b""})
 
     async def _open(self, scope: Scope, receive: _Receipt, send: Send, rid: str, path: str) -> None:
         """The probes and /metrics: no body, no key (unless metrics_require_key)."""
