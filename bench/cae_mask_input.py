@@ -32,6 +32,7 @@ the mask on ``/extract_patches`` too; this bench only measures whether that is w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -102,20 +103,16 @@ def train(ds: Any, params: dict[str, Any], mode: str, seed: int, repeats: int | 
     if no_jitter:
         tc = type(tc)(**{**tc.__dict__, "augment": type(tc.augment)(
             **{**tc.augment.__dict__, "intensity_scale": 0.0, "intensity_shift": 0.0})})
-    lo0, hi0 = config.hu_window
-
-    def soft_view(image: torch.Tensor) -> torch.Tensor:
-        hu = (image + 1) / 2 * (hi0 - lo0) + lo0
-        lo, hi = SOFT_TISSUE_HU
-        return ((hu - lo) / (hi - lo) * 2 - 1).clamp(-1.0, 1.0)
+    if soft:  # the model's own re-windowing (ConditionalAE.window_views), set after its layers are drawn
+        model.config = dataclasses.replace(config, views=(SOFT_TISSUE_HU,))
     if pool:  # the gene head reads the latent and the tumour-pooled statistics of the first block
         model.aux_head = nn.Sequential(nn.Linear(config.latent_dim + 2 * first.out_channels, config.gene_hidden),
                                        nn.SiLU(), nn.Linear(config.gene_hidden, config.aux_dim))
 
     def encode_parts(x: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(latent for the decoder, the biomarker: the latent [+ pooled statistics])."""
-        if soft:
-            x = torch.cat([x[:, :1], soft_view(x[:, :1]), x[:, 1:]], dim=1)
+        if soft:  # (image, soft-tissue view, mask)
+            x = torch.cat([model.window_views(x[:, :1]), x[:, 1:]], dim=1)
         h1 = model.stem[0](x)
         h = model.stem[1:](h1).flatten(1)
         z = torch.cat([model.to_latent(h), scale[:, None]], dim=1)  # the scale input, as in ConditionalAE
