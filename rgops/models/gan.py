@@ -116,6 +116,25 @@ class GeneEmbedding(nn.Module):
         return self.net(g)
 
 
+def upsample2x_bilinear(h: torch.Tensor) -> torch.Tensor:
+    """``(B, C, s, s) -> (B, C, 2s, 2s)``: bilinear 2x upsampling with ``align_corners=False``, the same
+    numbers as ``F.interpolate(h, scale_factor=2, mode="bilinear")``, from elementwise ops.
+
+    Output pixel ``2i`` is ``0.75 h[i] + 0.25 h[i-1]`` and ``2i+1`` is ``0.75 h[i] + 0.25 h[i+1]``, the
+    border repeated. On CUDA, PyTorch's NCHW bilinear kernel parallelises over output pixels only and
+    loops over batch x channels inside each thread: at 4x4 -> 8x8 with batch 512 it took 82% of a GAN
+    training step on an H200 (bench/train_profile.py).
+    """
+    def along(x: torch.Tensor, dim: int) -> torch.Tensor:
+        n = x.shape[dim]
+        prev = torch.cat([x.narrow(dim, 0, 1), x.narrow(dim, 0, n - 1)], dim)
+        nxt = torch.cat([x.narrow(dim, 1, n - 1), x.narrow(dim, n - 1, 1)], dim)
+        even, odd = 0.75 * x + 0.25 * prev, 0.75 * x + 0.25 * nxt
+        return torch.stack([even, odd], dim + 1).flatten(dim, dim + 1)
+
+    return along(along(h, 2), 3)
+
+
 class FiLMBlock(nn.Module):
     """``(B, cin, s, s), w (B, W) -> (B, cout, 2s, 2s)``: upsample, conv, normalise, condition."""
 
@@ -132,7 +151,7 @@ class FiLMBlock(nn.Module):
     def forward(self, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         s1, b1, s2, b2 = self.film(w)[:, :, None, None].chunk(4, dim=1)
         if self.upsample == "bilinear":
-            h = nn.functional.interpolate(h, scale_factor=2.0, mode="bilinear", align_corners=False)
+            h = upsample2x_bilinear(h)
         else:
             h = nn.functional.interpolate(h, scale_factor=2.0, mode="nearest")
         h = self.act(self.norm1(self.conv1(h)) * (1 + s1) + b1)

@@ -75,3 +75,18 @@ def test_scale_head_and_auxiliary_gene_head():
     assert plain_disc(img, g, with_aux=True)[1] is None
     with pytest.raises(ConfigError, match="upsample"):
         GANConfig(n_genes=5, upsample="cubic")
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 4, 4), (2, 3, 8, 8), (1, 1, 1, 1), (2, 4, 6, 6)])
+def test_upsample2x_bilinear_is_interpolate(shape):
+    from rgops.models.gan import upsample2x_bilinear
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    ours = upsample2x_bilinear(x)
+    ref = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+    assert ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+    # gradients flow like interpolate's: each input pixel's weights sum to 4 (2 x 2 outputs)
+    x.requires_grad_(True)
+    upsample2x_bilinear(x).sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, 4.0))
