@@ -35,7 +35,7 @@ import re
 from collections.abc import Iterable
 from typing import Literal
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
@@ -166,9 +166,13 @@ KEEP_SEQUENCES = frozenset({
     "SharedFunctionalGroupsSequence", "SegmentSequence",
 })
 
-_DUMMY_UID_KEYWORDS = frozenset(k for k, a in ACTIONS.items() if a == "U")
-_EMPTY_MUST = frozenset(k for k, a in ACTIONS.items() if a == "Z")
-_REMOVED = frozenset(k for k, a in ACTIONS.items() if a == "X")
+#: The table by tag number: the walk looks elements up by tag, never by keyword (a keyword lookup per
+#: element was a fifth of ingest). Keywords that pydicom's dictionary lacks cannot match any tag.
+_TAG_ACTIONS: dict[int, Action] = {t: a for k, a in ACTIONS.items() if (t := tag_for_keyword(k)) is not None}
+_UID_TAGS = frozenset(t for t, a in _TAG_ACTIONS.items() if a == "U")
+_EMPTY_TAGS = frozenset(t for t, a in _TAG_ACTIONS.items() if a == "Z")
+_REMOVED_TAGS = frozenset(t for t, a in _TAG_ACTIONS.items() if a == "X")
+_DUMMY_TAGS = frozenset(t for t, a in _TAG_ACTIONS.items() if a == "D")  # PatientName, PatientID
 _PSEUDO_RE = re.compile(r"^P-[0-9a-f]{16}$")
 _KEYED_UID_RE = re.compile(r"^2\.25\.\d+$")
 
@@ -196,45 +200,64 @@ def _is_empty(ds: Dataset, tag: BaseTag) -> bool:
     return item.length == 0 or not item.value  # raw element: its bytes
 
 
+def _uids(ds: Dataset, tag: BaseTag) -> list[str]:
+    """The UID value(s) of an element, read from its raw bytes when it is still raw (no conversion:
+    the same strings as pydicom's ``convert_UI``: latin-1, trailing NULs and spaces stripped, split on
+    backslashes)."""
+    item = ds.get_item(tag)
+    if isinstance(item, DataElement):
+        value = item.value
+        if value is None:
+            return []
+        return [str(v) for v in value] if isinstance(value, (list, tuple)) or item.VM > 1 else [str(value)]
+    raw = item.value or b""
+    return raw.decode("latin-1").rstrip("\0 ").split("\\") if raw else []
+
+
+def _replace(ds: Dataset, tag: BaseTag, vr: str, value: object) -> None:
+    """Put a new element in place of ``tag`` without decoding the old one."""
+    ds[tag] = DataElement(tag, vr, value)
+
+
 def _clean(ds: Dataset, key: bytes, pseudo_id: str, seen: set[int]) -> None:
     """Apply the action table to ``ds`` in place, recursing into kept sequences.
 
     ``seen`` holds the ids of items already cleaned: writers (highdicom among them) may put the
-    same item object in several sequences, and a UID must be remapped exactly once. Elements
-    are looked up by tag and only those the table touches are decoded (pixel data and most of a
-    header stay raw bytes), which keeps de-identification cheap.
+    same item object in several sequences, and a UID must be remapped exactly once. Elements are
+    looked up by tag number, and only sequences are decoded: a replaced value is written as a new
+    element without converting the old one (pixel data and most of a header stay raw bytes).
     """
     if id(ds) in seen:
         return
     seen.add(id(ds))
     for tag in list(ds.keys()):
-        if tag.is_private or _is_curve_or_overlay(int(tag)):
+        number = int(tag)
+        if number & 0x10000 or _is_curve_or_overlay(number):  # odd group: private
             del ds[tag]
             continue
-        action = ACTIONS.get(keyword_for_tag(tag))
+        action = _TAG_ACTIONS.get(number)
+        if action == "X":
+            del ds[tag]
+            continue
+        vr = _vr(ds, tag)
         if action is None:
-            vr = _vr(ds, tag)
             if vr == "SQ":
                 for item in ds[tag].value:
                     _clean(item, key, pseudo_id, seen)
             elif vr == "PN" and not _is_empty(ds, tag):
-                ds[tag].value = ""
+                _replace(ds, tag, "PN", "")
             elif vr in ("DA", "DT"):
                 del ds[tag]
-            continue
-        if action == "X":
-            del ds[tag]
-            continue
-        elem = ds[tag]
-        if action == "Z":
-            elem.value = DicomSequence([]) if elem.VR == "SQ" else ""
+        elif action == "Z":
+            _replace(ds, tag, vr, DicomSequence([]) if vr == "SQ" else "")
         elif action == "D":  # only PatientName/PatientID: the dummy is the pseudonym
-            elem.value = pseudo_id
+            _replace(ds, tag, vr, pseudo_id)
         elif action == "U":
-            if elem.VM > 1 or isinstance(elem.value, (list, tuple)):
-                elem.value = [pseudonymous_uid(str(v), key) for v in elem.value]
-            elif elem.value:
-                elem.value = pseudonymous_uid(str(elem.value), key)
+            uids = _uids(ds, tag)
+            if len(uids) > 1:
+                _replace(ds, tag, "UI", [pseudonymous_uid(u, key) for u in uids])
+            elif uids and uids[0]:
+                _replace(ds, tag, "UI", pseudonymous_uid(uids[0], key))
 
 
 def deidentify(ds: Dataset, key: bytes, source_patient_id: str | None = None,
@@ -297,38 +320,36 @@ def _check(ds: Dataset, path: str, needles: list[str], found: list[str], seen: s
         return
     seen.add(id(ds))
     for tag in ds.keys():
-        kw = keyword_for_tag(tag)
-        where = f"{path}{kw or str(tag)}"
-        if tag.is_private:
-            found.append(f"{where}: private tag")
+        number = int(tag)
+        where = lambda: f"{path}{keyword_for_tag(tag) or str(tag)}"  # noqa: E731  (named only when found)
+        if number & 0x10000:
+            found.append(f"{where()}: private tag")
             continue
-        if _is_curve_or_overlay(int(tag)):
-            found.append(f"{where}: curve/overlay")
+        if _is_curve_or_overlay(number):
+            found.append(f"{where()}: curve/overlay")
             continue
         vr = _vr(ds, tag)
-        if kw in _REMOVED:
-            found.append(f"{where}: present")
-        elif kw in _EMPTY_MUST:
+        if number in _REMOVED_TAGS:
+            found.append(f"{where()}: present")
+        elif number in _EMPTY_TAGS:
             if not _is_empty(ds, tag):
-                found.append(f"{where}: not empty")
-        elif kw in ("PatientID", "PatientName"):
+                found.append(f"{where()}: not empty")
+        elif number in _DUMMY_TAGS:
             if not _PSEUDO_RE.match(str(ds[tag].value or "")):
-                found.append(f"{where}: not a pseudonym")
+                found.append(f"{where()}: not a pseudonym")
         elif vr == "PN":
             if not _is_empty(ds, tag) and not _PSEUDO_RE.match(str(ds[tag].value)):
-                found.append(f"{where}: person name")
-        elif kw in _DUMMY_UID_KEYWORDS and not _is_empty(ds, tag):
-            value = ds[tag].value
-            values = value if isinstance(value, (list, tuple)) or ds[tag].VM > 1 else [value]
-            if not all(_KEYED_UID_RE.match(str(v)) for v in values):
-                found.append(f"{where}: UID not remapped")
+                found.append(f"{where()}: person name")
+        elif number in _UID_TAGS and not _is_empty(ds, tag):
+            if not all(_KEYED_UID_RE.match(u) for u in _uids(ds, tag)):
+                found.append(f"{where()}: UID not remapped")
         if vr == "SQ":
             for i, item in enumerate(ds[tag].value or []):
-                _check(item, f"{where}[{i}].", needles, found, seen)
+                _check(item, f"{where()}[{i}].", needles, found, seen)
         elif needles and vr not in ("OB", "OW", "OF", "OD", "OL", "OV", "UN"):
             text = str(ds[tag].value).lower()
             if any(n in text for n in needles):
-                found.append(f"{where}: holds a planted identifier")
+                found.append(f"{where()}: holds a planted identifier")
 
 
 def find_identifiers(ds: Dataset, planted: Iterable[str] = ()) -> list[str]:

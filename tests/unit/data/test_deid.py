@@ -120,3 +120,28 @@ def test_table_covers_core_identifiers_of_e1_1():
                "SOPInstanceUID", "FrameOfReferenceUID", "ImageComments", "OtherPatientIDsSequence",
                "PatientAddress", "StationName", "DeviceSerialNumber", "StudyID"):
         assert kw in ACTIONS, kw
+
+
+def test_raw_and_decoded_headers_get_the_same_uids(ct_and_seg, tmp_path):
+    """Elements still raw after a read (the ingest path) are replaced without decoding; the keyed
+    UIDs must be those of the decoded values: trailing NUL padding dropped, multi-valued split."""
+    slices, _, _ = ct_and_seg
+    ds = copy.deepcopy(slices[0])
+    ds.FailedSOPInstanceUIDList = ["1.2.3.4", "1.2.3.5"]  # a multi-valued UI element of the table
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.456"  # odd length: NUL-padded
+    path = tmp_path / "ct.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    raw = pydicom.dcmread(path)  # elements stay raw bytes until read
+    decoded = pydicom.dcmread(path)
+    for elem in decoded:  # force every element to its decoded form
+        _ = elem.value
+    a, b = deidentify(raw, KEY, in_place=True), deidentify(decoded, KEY, in_place=True)
+    assert list(a.FailedSOPInstanceUIDList) == [pseudonymous_uid("1.2.3.4", KEY), pseudonymous_uid("1.2.3.5", KEY)]
+    assert list(a.FailedSOPInstanceUIDList) == list(b.FailedSOPInstanceUIDList)
+    uid = "1.2.3.456"
+    assert pydicom.dcmread(path)["SOPInstanceUID"].value == uid  # decoded: the pad is gone
+    assert path.read_bytes().count(b"1.2.3.456\0") >= 1  # on disk: padded with a NUL
+    assert a.SOPInstanceUID == b.SOPInstanceUID == pseudonymous_uid(uid, KEY)
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "StudyDate", "PatientName"):
+        assert a.get(keyword) == b.get(keyword), keyword
+    assert find_identifiers(a) == [] and find_identifiers(b) == []
