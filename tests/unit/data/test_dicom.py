@@ -152,3 +152,57 @@ def test_seg_of_another_series_refused(case):
 def test_ct_passed_as_seg_refused(case):
     with pytest.raises(SegmentationError, match="expected a DICOM SEG"):
         segmentation_mask(case[0][0], ct_series(case[0]))
+
+
+def _two_segment_seg(slices, masks):
+    import highdicom as hd
+    from pydicom.uid import generate_uid
+
+    descs = [hd.seg.SegmentDescription(
+        segment_number=n, segment_label=f"s{n}",
+        segmented_property_category=hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
+        segmented_property_type=hd.sr.CodedConcept("108369006", "SCT", "Neoplasm"),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL) for n in (1, 2)]
+    return hd.seg.Segmentation(
+        source_images=slices, pixel_array=np.stack(masks, axis=-1).astype(bool),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descs,
+        series_instance_uid=generate_uid(), series_number=9, sop_instance_uid=generate_uid(), instance_number=1,
+        manufacturer="m", manufacturer_model_name="m", software_versions="1", device_serial_number="1")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_direct_seg_read_matches_highdicom(case, monkeypatch, seed):
+    """The pydicom-only read of a plain SEG gives highdicom's mask, for every segment selection."""
+    import rgops.data.dicom as dicom
+
+    slices, _ = case
+    rng = np.random.default_rng(seed)
+    m1 = f.tumour_mask((8, 32, 32), (rng.uniform(2, 6), rng.uniform(10, 22), rng.uniform(10, 22)), 3)
+    m2 = f.tumour_mask((8, 32, 32), (rng.uniform(2, 6), rng.uniform(10, 22), rng.uniform(10, 22)), 2)
+    seg = _two_segment_seg(slices, [m1, m2])
+    series = ct_series(slices)
+    assert dicom._frames_by_source_instance(seg) is not None  # this SEG takes the direct path
+    direct = {numbers: segmentation_mask(seg, series, segment_numbers=numbers) for numbers in (None, (1,), (2,))}
+    monkeypatch.setattr(dicom, "_frames_by_source_instance", lambda ds: None)  # highdicom's path
+    for numbers, got in direct.items():
+        assert (got == segmentation_mask(seg, series, segment_numbers=numbers)).all(), numbers
+    assert (direct[(1,)] == m1).all() and (direct[(2,)] == m2).all() and (direct[None] == (m1 | m2)).all()
+
+
+def test_direct_seg_read_leaves_unusual_layouts_to_highdicom(case):
+    import rgops.data.dicom as dicom
+
+    slices, mask = case
+    seg = f.seg_for(slices, mask)
+    for change in ("labelmap", "two_sources", "no_ident"):
+        odd = copy.deepcopy(seg)
+        fg = odd.PerFrameFunctionalGroupsSequence[0]
+        if change == "labelmap":
+            odd.SegmentationType = "LABELMAP"
+        elif change == "two_sources":
+            src = fg.DerivationImageSequence[0].SourceImageSequence
+            src.append(copy.deepcopy(src[0]))
+        else:  # a one-segment SEG names it in the shared groups
+            del odd.SharedFunctionalGroupsSequence[0].SegmentIdentificationSequence
+        assert dicom._frames_by_source_instance(odd) is None, change
+    assert dicom._frames_by_source_instance(seg) is not None  # the unchanged SEG takes the direct path
