@@ -8,13 +8,13 @@ same bundle feeds the CPU and the GPU runs, so both train on identical numbers.
 
     # here (CPU), once: the bundle, and the fp32 CPU reference curves
     python bench/train_gpu.py bundle DATASETS .gpu/bundle.npz
-    python bench/train_gpu.py curves .gpu/bundle.npz --device cpu --seeds 0,1,2 --out bench/results/train_curves_cpu.json
+    python bench/train_gpu.py curves .gpu/bundle.npz --device cpu --seeds 0,1,2 --out bench/results/train_gpu_curves_cpu.json
     # on the GPU machine: the same curves under bf16 autocast, and the full preset (weights to --weights-dir)
-    python bench/train_gpu.py curves .gpu/bundle.npz --device cuda --seeds 0,1,2,3,4 --out curves_cuda.json
-    python bench/train_gpu.py full .gpu/bundle.npz --device cuda --weights-dir OUT --out full_cuda.json
+    python bench/train_gpu.py curves .gpu/bundle.npz --device cuda --seeds 0,1,2,3,4 --out train_gpu_curves_cuda.json
+    python bench/train_gpu.py full .gpu/bundle.npz --device cuda --weights-dir OUT --out train_gpu_full_cuda.json
     # here again: the verdict, and the full preset's models on the held-out patients (probe protocol)
-    python bench/train_gpu.py compare bench/results/train_curves_cpu.json curves_cuda.json
-    python bench/train_gpu.py evaluate DATASETS TRUTH --weights-dir OUT --full full_cuda.json
+    python bench/train_gpu.py compare bench/results/train_gpu_curves_cpu.json train_gpu_curves_cuda.json
+    python bench/train_gpu.py evaluate DATASETS TRUTH --weights-dir OUT --full train_gpu_full_cuda.json
 
 **What "matching within noise" means** (fixed before the GPU ran): both devices train the default
 (``full`` preset) models with the real ``train_cae``/``train_gan`` loops, the same rows, epochs and
@@ -268,14 +268,14 @@ def main() -> None:
     v.add_argument("cpu", type=Path)
     v.add_argument("gpu", type=Path)
     v.add_argument("--tail", type=int, default=3)
-    v.add_argument("--out", type=Path, default=RESULTS / "train_curves.json")
+    v.add_argument("--out", type=Path, default=RESULTS / "train_gpu_curves.json")
     e = sub.add_parser("evaluate")
     e.add_argument("datasets", type=Path)
     e.add_argument("truth", type=Path)
     e.add_argument("--weights-dir", type=Path, required=True)
     e.add_argument("--full", type=Path, required=True, help="the full run's JSON (its history goes in the result)")
     e.add_argument("--n-boot", type=int, default=1000)
-    e.add_argument("--out", type=Path, default=RESULTS / "train_full_cuda.json")
+    e.add_argument("--out", type=Path, default=RESULTS / "train_gpu_full_cuda.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     if args.cmd == "bundle":
