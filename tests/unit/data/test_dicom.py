@@ -181,9 +181,9 @@ def test_direct_seg_read_matches_highdicom(case, monkeypatch, seed):
     m2 = f.tumour_mask((8, 32, 32), (rng.uniform(2, 6), rng.uniform(10, 22), rng.uniform(10, 22)), 2)
     seg = _two_segment_seg(slices, [m1, m2])
     series = ct_series(slices)
-    assert dicom._frames_by_source_instance(seg) is not None  # this SEG takes the direct path
+    assert dicom._frames_by_source_instance(seg, None) is not None  # this SEG takes the direct path
     direct = {numbers: segmentation_mask(seg, series, segment_numbers=numbers) for numbers in (None, (1,), (2,))}
-    monkeypatch.setattr(dicom, "_frames_by_source_instance", lambda ds: None)  # highdicom's path
+    monkeypatch.setattr(dicom, "_frames_by_source_instance", lambda ds, numbers: None)  # highdicom's path
     for numbers, got in direct.items():
         assert (got == segmentation_mask(seg, series, segment_numbers=numbers)).all(), numbers
     assert (direct[(1,)] == m1).all() and (direct[(2,)] == m2).all() and (direct[None] == (m1 | m2)).all()
@@ -204,5 +204,5 @@ def test_direct_seg_read_leaves_unusual_layouts_to_highdicom(case):
             src.append(copy.deepcopy(src[0]))
         else:  # a one-segment SEG names it in the shared groups
             del odd.SharedFunctionalGroupsSequence[0].SegmentIdentificationSequence
-        assert dicom._frames_by_source_instance(odd) is None, change
-    assert dicom._frames_by_source_instance(seg) is not None  # the unchanged SEG takes the direct path
+        assert dicom._frames_by_source_instance(odd, None) is None, change
+    assert dicom._frames_by_source_instance(seg, None) is not None  # the unchanged SEG takes the direct path
