@@ -42,6 +42,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 log = logging.getLogger("train_gpu")
 RESULTS = ROOT / "bench" / "results"
@@ -98,11 +99,9 @@ def load_bundle(path: Path):  # noqa: ANN201
 
 
 def _configs(kind: str, ds: Any, overrides: dict[str, Any]) -> tuple[Any, Any]:
-    from rgops.config import load_params
-    from rgops.training.presets import load_preset, model_config
+    from train_throughput import full_preset
 
-    fields, tcfg = load_preset(load_params(ROOT / "params.yaml", check=False), kind, "full")  # type: ignore[arg-type]
-    return model_config(kind, ds, fields), dataclasses.replace(tcfg, **overrides)  # type: ignore[arg-type]
+    return full_preset(kind, ds, **overrides)
 
 
 def _train(kind: str, ds: Any, config: Any, tcfg: Any, device: str):  # noqa: ANN202

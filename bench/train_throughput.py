@@ -66,16 +66,19 @@ def synthetic(size: int, rows: int) -> Datasets:
     return Datasets(patches, np.zeros(patches.shape, np.uint8), genes, manifest, panel)
 
 
-def configs(kind: str, ds: Datasets, batch: int, compile_: bool):  # noqa: ANN201
+def full_preset(kind: str, ds: Datasets, **overrides: object):  # noqa: ANN201
+    """``(model config for ds, training config)`` of the ``full`` preset with ``overrides``. params.yaml is
+    read without checking its other sections, whose readers need pydicom and MLflow (absent on a GPU
+    machine); the train section is still checked by ``load_preset``."""
     fields, tcfg = load_preset(load_params(ROOT / "params.yaml", check=False), kind, "full")  # type: ignore[arg-type]
-    return model_config(kind, ds, fields), dataclasses.replace(tcfg, batch_size=batch, compile=compile_)
+    return model_config(kind, ds, fields), dataclasses.replace(tcfg, **overrides)
 
 
 def rgops_steps(kind: str, size: int, device: torch.device, batch: int, steps: int, compile_: bool
                 ) -> tuple[float, float, object]:
     """images/s of the rgops training step, FLOPs of one step (eager), and the model config."""
     ds = synthetic(size, batch * 4)
-    cfg, tcfg = configs(kind, ds, batch, compile_)
+    cfg, tcfg = full_preset(kind, ds, batch_size=batch, compile=compile_)
     setup_device(device, 0)
     if kind == "cae":
         model = prepare_module(ConditionalAE(cfg), device)
