@@ -37,7 +37,7 @@ import pandas as pd
 from pydicom.dataset import Dataset
 
 from rgops.config import from_dict
-from rgops.data.datasets import SPLITS, Datasets, GenePanel
+from rgops.data.datasets import SPLITS, Datasets, GenePanel, write_gene_table
 from rgops.data.deid import deidentify
 from rgops.data.dicom import (
     CTSeries,
@@ -595,9 +595,8 @@ def assemble_cohort(plan: CohortPlan, results: Iterable[PatientResult], out: str
         n_patches=len(manifest), missing_gene_values=plan.table.n_missing, n_instances=len(inst),
         patch_size=plan.config.patch_size, seconds=0.0, out=str(out),
     )
-    tables = {"genes.parquet": (genes, True), "manifest.parquet": (manifest, False),
-              "clinical.parquet": (clin, False), "instances.parquet": (inst, False)}
-    _write_datasets(out, plan, ok, panel, tables, report)
+    tables = {"manifest.parquet": manifest, "clinical.parquet": clin, "instances.parquet": inst}
+    _write_datasets(out, plan, ok, panel, genes, tables, report)
     log.info("ingested %d of %d patients into %s (%s)", report.ingested, report.patients_seen, out,
              ", ".join(f"{k}: {n}" for k, n in report.skipped_counts.items()) or "none skipped")
     return report
@@ -643,10 +642,10 @@ def _normalised_genes(plan: CohortPlan, pids: list[str], splits: dict[str, str],
     return panel, per_patient.loc[manifest["pseudo_id"]]  # in manifest order
 
 
-def _write_datasets(out: Path, plan: CohortPlan, ok: list[PatientResult], panel: GenePanel,
-                    tables: dict[str, tuple[pd.DataFrame, bool]], report: IngestReport) -> None:
+def _write_datasets(out: Path, plan: CohortPlan, ok: list[PatientResult], panel: GenePanel, genes: pd.DataFrame,
+                    tables: dict[str, pd.DataFrame], report: IngestReport) -> None:
     """Write every file into a temporary folder, check the contract, then replace ``out`` with it.
-    ``tables``: file name -> (frame, keep its index)."""
+    ``genes`` keeps its ``pseudo_id`` index; ``tables`` (file name -> frame) are written without theirs."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -654,9 +653,9 @@ def _write_datasets(out: Path, plan: CohortPlan, ok: list[PatientResult], panel:
         np.save(tmp / "masks.npy", np.concatenate([r.mask for r in ok]).astype(np.uint8))
         plan.config.spec().write(tmp)
         panel.save(tmp / "gene_panel.json")
-        for name, (frame, index) in tables.items():
-            kw = {} if index else {"index": False}
-            frame.to_parquet(tmp / name, compression=plan.config.parquet_compression, **kw)
+        write_gene_table(genes, tmp / "genes.parquet", plan.config.parquet_compression)
+        for name, frame in tables.items():
+            frame.to_parquet(tmp / name, compression=plan.config.parquet_compression, index=False)
         Datasets.load(tmp)  # the contract check, before anything replaces ``out``
         report.seconds = time.perf_counter() - plan.t0
         (tmp / "ingest_report.json").write_text(json.dumps(report.to_json(), indent=2))

@@ -62,3 +62,29 @@ def test_bad_values_refused(value: object, why: str) -> None:
     raw["G7"] = value  # type: ignore[assignment]
     with pytest.raises(GeneTableError, match=why):
         _panel().normalise(raw)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("compression", ["snappy", None])
+def test_gene_table_writer_writes_what_pandas_writes(tmp_path, dtype, compression) -> None:
+    from rgops.data.datasets import write_gene_table
+
+    rng = np.random.default_rng(3)
+    genes = [f"G{j}" for j in range(37)] + ["NaN", "pseudo id", "ÄBC"]  # odd but legal names
+    frame = pd.DataFrame(rng.normal(size=(9, len(genes))).astype(dtype), columns=genes,
+                         index=pd.Index([f"P-{i:016x}" for i in (0, 0, 1, 2, 2, 2, 3, 4, 5)], name="pseudo_id"))
+    frame.iloc[2, 5] = np.nan
+    frame.to_parquet(tmp_path / "pandas.parquet", compression=compression)
+    write_gene_table(frame, tmp_path / "fast.parquet", compression)
+    assert (tmp_path / "fast.parquet").read_bytes() == (tmp_path / "pandas.parquet").read_bytes()
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "fast.parquet"), frame)
+
+
+def test_gene_table_writer_leaves_other_frames_to_pandas(tmp_path) -> None:
+    from rgops.data.datasets import write_gene_table
+
+    mixed = pd.DataFrame({"a": [1.0, 2.0], "b": [1, 2]}, index=pd.Index(["x", "y"], name="pseudo_id"))
+    unnamed = pd.DataFrame({"a": [1.0, 2.0]})
+    for i, frame in enumerate((mixed, unnamed)):
+        write_gene_table(frame, tmp_path / f"{i}.parquet")
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / f"{i}.parquet"), frame)
