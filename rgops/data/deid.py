@@ -32,16 +32,18 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom import config
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 
 from rgops.data.pseudonym import pseudonymize, pseudonymous_uid
+from rgops.data.rawseq import RawItem, RawSequenceError, encode_text, is_raw_sequence, parse, replaced, text_values
 from rgops.errors import DeidentificationError
 
 log = logging.getLogger(__name__)
@@ -173,6 +175,13 @@ _UID_TAGS = frozenset(t for t, a in _TAG_ACTIONS.items() if a == "U")
 _EMPTY_TAGS = frozenset(t for t, a in _TAG_ACTIONS.items() if a == "Z")
 _REMOVED_TAGS = frozenset(t for t, a in _TAG_ACTIONS.items() if a == "X")
 _DUMMY_TAGS = frozenset(t for t, a in _TAG_ACTIONS.items() if a == "D")  # PatientName, PatientID
+#: What every de-identified dataset is marked with (set by tag: a keyword assignment per element
+#: looked the keyword up and validated the value each time).
+_METHOD_CODE = (("CodeValue", "113100"), ("CodingSchemeDesignator", "DCM"),
+                ("CodeMeaning", "Basic Application Confidentiality Profile"))
+_MARK_TAGS = {k: BaseTag(tag_for_keyword(k)) for k in (
+    "PatientID", "PatientName", "PatientIdentityRemoved", "LongitudinalTemporalInformationModified",
+    "DeidentificationMethod", "DeidentificationMethodCodeSequence", *(k for k, _ in _METHOD_CODE))}
 _PSEUDO_RE = re.compile(r"^P-[0-9a-f]{16}$")
 _KEYED_UID_RE = re.compile(r"^2\.25\.\d+$")
 
@@ -182,82 +191,124 @@ def _is_curve_or_overlay(tag: int) -> bool:
     return 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF
 
 
-def _vr(ds: Dataset, tag: BaseTag) -> str:
+def _vr(tag: int, elem: DataElement | RawDataElement) -> str:
     """VR of an element without converting a raw element's value (implicit VR: dictionary VR)."""
-    vr = ds.get_item(tag).VR
-    if vr:
-        return str(vr)
+    if elem.VR:
+        return str(elem.VR)
     try:
         return str(dictionary_VR(tag))
     except KeyError:
         return "UN"
 
 
-def _is_empty(ds: Dataset, tag: BaseTag) -> bool:
-    item = ds.get_item(tag)
-    if isinstance(item, DataElement):
-        return bool(item.is_empty)
-    return item.length == 0 or not item.value  # raw element: its bytes
+def _is_empty(elem: DataElement | RawDataElement) -> bool:
+    if isinstance(elem, DataElement):
+        return bool(elem.is_empty)
+    return elem.length == 0 or not elem.value  # raw element: its bytes
 
 
-def _uids(ds: Dataset, tag: BaseTag) -> list[str]:
+def _uids(elem: DataElement | RawDataElement) -> list[str]:
     """The UID value(s) of an element, read from its raw bytes when it is still raw (no conversion:
-    the same strings as pydicom's ``convert_UI``: latin-1, trailing NULs and spaces stripped, split on
-    backslashes)."""
-    item = ds.get_item(tag)
-    if isinstance(item, DataElement):
-        value = item.value
+    the same strings as pydicom's ``convert_UI``)."""
+    if isinstance(elem, DataElement):
+        value = elem.value
         if value is None:
             return []
-        return [str(v) for v in value] if isinstance(value, (list, tuple)) or item.VM > 1 else [str(value)]
-    raw = item.value or b""
-    return raw.decode("latin-1").rstrip("\0 ").split("\\") if raw else []
+        return [str(v) for v in value] if isinstance(value, (list, tuple)) or elem.VM > 1 else [str(value)]
+    return text_values(elem.value or b"")
 
 
 def _replace(ds: Dataset, tag: BaseTag, vr: str, value: object) -> None:
-    """Put a new element in place of ``tag`` without decoding the old one."""
-    ds[tag] = DataElement(tag, vr, value)
+    """Put a new element in place of ``tag`` without decoding the old one. The values written here
+    (empty, a pseudonym, keyed UIDs) are valid by construction, so pydicom's validation is skipped."""
+    ds[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
 
 
-def _clean(ds: Dataset, key: bytes, pseudo_id: str, seen: set[int]) -> None:
+def _action(number: int, vr: str) -> str | None:
+    """What the profile does to one element: ``delete``, ``empty``, ``pseudonym``, ``uids`` (remap),
+    ``recurse`` (a kept sequence) or None (keep). The one reading of the table for both walks."""
+    if number & 0x10000 or _is_curve_or_overlay(number):  # odd group: private
+        return "delete"
+    action = _TAG_ACTIONS.get(number)
+    if action is None:
+        if vr == "SQ":
+            return "recurse"
+        if vr == "PN":
+            return "empty"
+        return "delete" if vr in ("DA", "DT") else None
+    return {"X": "delete", "Z": "empty", "D": "pseudonym", "U": "uids"}.get(action)
+
+
+def _remapped(uids: list[str], key: bytes) -> list[str] | None:
+    """The keyed replacements of ``uids``; None when there is nothing to replace."""
+    if len(uids) > 1 or (uids and uids[0]):
+        return [pseudonymous_uid(u, key) for u in uids]
+    return None
+
+
+def _clean(ds: Dataset, key: bytes, pseudo_id: str, seen: set[int], parsed: dict[int, list[RawItem]]) -> None:
     """Apply the action table to ``ds`` in place, recursing into kept sequences.
 
     ``seen`` holds the ids of items already cleaned: writers (highdicom among them) may put the
     same item object in several sequences, and a UID must be remapped exactly once. Elements are
     looked up by tag number, and only sequences are decoded: a replaced value is written as a new
-    element without converting the old one (pixel data and most of a header stay raw bytes).
+    element without converting the old one (pixel data and most of a header stay raw bytes). A
+    sequence pydicom has not decoded yet is cleaned from its bytes (:mod:`rgops.data.rawseq`) and
+    stays raw; ``parsed`` maps its new value's id to the cleaned items, for the leftover check.
     """
     if id(ds) in seen:
         return
     seen.add(id(ds))
-    for tag in list(ds.keys()):
+    for tag, elem in list(ds.items()):  # items(): raw elements stay raw
         number = int(tag)
-        if number & 0x10000 or _is_curve_or_overlay(number):  # odd group: private
+        vr = _vr(number, elem)
+        what = _action(number, vr)
+        if what == "delete":
             del ds[tag]
-            continue
-        action = _TAG_ACTIONS.get(number)
-        if action == "X":
-            del ds[tag]
-            continue
-        vr = _vr(ds, tag)
-        if action is None:
-            if vr == "SQ":
+        elif what == "recurse":
+            items = _parsed_sequence(number, elem)
+            if items is not None:
+                _clean_items(items, key, pseudo_id)
+                ds[tag] = new = replaced(elem, items)
+                parsed[id(new.value)] = items
+            else:
                 for item in ds[tag].value:
-                    _clean(item, key, pseudo_id, seen)
-            elif vr == "PN" and not _is_empty(ds, tag):
-                _replace(ds, tag, "PN", "")
-            elif vr in ("DA", "DT"):
-                del ds[tag]
-        elif action == "Z":
+                    _clean(item, key, pseudo_id, seen, parsed)
+        elif what == "empty" and not (vr == "PN" and _is_empty(elem)):
             _replace(ds, tag, vr, DicomSequence([]) if vr == "SQ" else "")
-        elif action == "D":  # only PatientName/PatientID: the dummy is the pseudonym
+        elif what == "pseudonym":  # only PatientName/PatientID: the dummy is the pseudonym
             _replace(ds, tag, vr, pseudo_id)
-        elif action == "U":
-            uids = _uids(ds, tag)
-            if len(uids) > 1:
-                _replace(ds, tag, "UI", [pseudonymous_uid(u, key) for u in uids])
-            elif uids and uids[0]:
-                _replace(ds, tag, "UI", pseudonymous_uid(uids[0], key))
+        elif what == "uids" and (uids := _remapped(_uids(elem), key)) is not None:
+            _replace(ds, tag, "UI", uids if len(uids) > 1 else uids[0])
+
+
+def _parsed_sequence(number: int, elem: DataElement | RawDataElement) -> list[RawItem] | None:
+    if not is_raw_sequence(number, elem):
+        return None
+    try:
+        return parse(elem.value, elem.is_implicit_VR)
+    except RawSequenceError:  # pydicom reads it, with its own errors
+        return None
+
+
+def _clean_items(items: list[RawItem], key: bytes, pseudo_id: str) -> None:
+    """:func:`_clean` for the items of a sequence parsed from its bytes."""
+    for item in items:
+        kept = []
+        for e in item.elements:
+            what = _action(e.tag, e.vr)
+            if what == "delete":
+                continue
+            if what == "recurse" and isinstance(e.value, list):
+                _clean_items(e.value, key, pseudo_id)
+            elif what == "empty":
+                e.value = [] if e.vr == "SQ" else b""
+            elif what == "pseudonym":
+                e.value = encode_text([pseudo_id])
+            elif what == "uids" and isinstance(e.value, bytes) and (uids := _remapped(text_values(e.value), key)):
+                e.value = encode_text(uids, pad=b"\0")
+            kept.append(e)
+        item.elements = kept
 
 
 def deidentify(ds: Dataset, key: bytes, source_patient_id: str | None = None,
@@ -295,18 +346,16 @@ def deidentify(ds: Dataset, key: bytes, source_patient_id: str | None = None,
                 str(out.file_meta.MediaStorageSOPInstanceUID), key)
         if "SourceApplicationEntityTitle" in out.file_meta:  # names the sending site's node
             del out.file_meta.SourceApplicationEntityTitle
-    _clean(out, key, pseudo_id, set())
-    out.PatientID = pseudo_id
-    out.PatientName = pseudo_id
-    out.PatientIdentityRemoved = "YES"
-    out.LongitudinalTemporalInformationModified = "REMOVED"
-    out.DeidentificationMethod = METHOD
+    parsed: dict[int, list[RawItem]] = {}
+    _clean(out, key, pseudo_id, set(), parsed)
+    for keyword, value in (("PatientID", pseudo_id), ("PatientName", pseudo_id), ("PatientIdentityRemoved", "YES"),
+                           ("LongitudinalTemporalInformationModified", "REMOVED"), ("DeidentificationMethod", METHOD)):
+        _replace(out, _MARK_TAGS[keyword], str(dictionary_VR(keyword)), value)
     code = Dataset()
-    code.CodeValue = "113100"
-    code.CodingSchemeDesignator = "DCM"
-    code.CodeMeaning = "Basic Application Confidentiality Profile"
-    out.DeidentificationMethodCodeSequence = DicomSequence([code])
-    leftovers = find_identifiers(out)
+    for keyword, value in _METHOD_CODE:
+        _replace(code, _MARK_TAGS[keyword], str(dictionary_VR(keyword)), value)
+    _replace(out, _MARK_TAGS["DeidentificationMethodCodeSequence"], "SQ", DicomSequence([code]))
+    leftovers = find_identifiers(out, parsed=parsed)
     if leftovers:  # a bug in the table, never expected: refuse rather than pass PHI on
         raise DeidentificationError(
             f"de-identification left {len(leftovers)} identifying attribute(s): {leftovers[:5]}; "
@@ -315,50 +364,79 @@ def deidentify(ds: Dataset, key: bytes, source_patient_id: str | None = None,
     return out
 
 
-def _check(ds: Dataset, path: str, needles: list[str], found: list[str], seen: set[int]) -> None:
+def _leftover(number: int, vr: str, empty: Callable[[], bool], text: Callable[[], str],
+              uids: Callable[[], list[str]]) -> str | None:
+    """What is wrong with one element of a de-identified dataset, or None (both walks' one check)."""
+    if number & 0x10000:
+        return "private tag"
+    if _is_curve_or_overlay(number):
+        return "curve/overlay"
+    if number in _REMOVED_TAGS:
+        return "present"
+    if number in _EMPTY_TAGS:
+        return None if empty() else "not empty"
+    if number in _DUMMY_TAGS:
+        return None if _PSEUDO_RE.match(text()) else "not a pseudonym"
+    if vr == "PN":
+        return None if empty() or _PSEUDO_RE.match(text()) else "person name"
+    if number in _UID_TAGS and not empty() and not all(_KEYED_UID_RE.match(u) for u in uids()):
+        return "UID not remapped"
+    return None
+
+
+def _check(ds: Dataset, path: str, needles: list[str], found: list[str], seen: set[int],
+           parsed: dict[int, list[RawItem]]) -> None:
     if id(ds) in seen:
         return
     seen.add(id(ds))
-    for tag in ds.keys():
+    for tag, elem in list(ds.items()):
         number = int(tag)
         where = lambda: f"{path}{keyword_for_tag(tag) or str(tag)}"  # noqa: E731  (named only when found)
-        if number & 0x10000:
-            found.append(f"{where()}: private tag")
-            continue
-        if _is_curve_or_overlay(number):
-            found.append(f"{where()}: curve/overlay")
-            continue
-        vr = _vr(ds, tag)
-        if number in _REMOVED_TAGS:
-            found.append(f"{where()}: present")
-        elif number in _EMPTY_TAGS:
-            if not _is_empty(ds, tag):
-                found.append(f"{where()}: not empty")
-        elif number in _DUMMY_TAGS:
-            if not _PSEUDO_RE.match(str(ds[tag].value or "")):
-                found.append(f"{where()}: not a pseudonym")
-        elif vr == "PN":
-            if not _is_empty(ds, tag) and not _PSEUDO_RE.match(str(ds[tag].value)):
-                found.append(f"{where()}: person name")
-        elif number in _UID_TAGS and not _is_empty(ds, tag):
-            if not all(_KEYED_UID_RE.match(u) for u in _uids(ds, tag)):
-                found.append(f"{where()}: UID not remapped")
+        vr = _vr(number, elem)
+        problem = _leftover(number, vr, lambda: _is_empty(elem), lambda: str(ds[tag].value or ""),
+                            lambda: _uids(elem))
+        if problem:
+            found.append(f"{where()}: {problem}")
+            if problem in ("private tag", "curve/overlay"):
+                continue
         if vr == "SQ":
-            for i, item in enumerate(ds[tag].value or []):
-                _check(item, f"{where()}[{i}].", needles, found, seen)
+            # a raw sequence is checked from its bytes, unless planted text must be searched (decoded)
+            items = None if needles else parsed.get(id(elem.value)) or _parsed_sequence(number, elem)
+            if items is not None:
+                _check_items(items, where(), found)
+            else:
+                for i, item in enumerate(ds[tag].value or []):
+                    _check(item, f"{where()}[{i}].", needles, found, seen, parsed)
         elif needles and vr not in ("OB", "OW", "OF", "OD", "OL", "OV", "UN"):
             text = str(ds[tag].value).lower()
             if any(n in text for n in needles):
                 found.append(f"{where()}: holds a planted identifier")
 
 
-def find_identifiers(ds: Dataset, planted: Iterable[str] = ()) -> list[str]:
+def _check_items(items: list[RawItem], path: str, found: list[str]) -> None:
+    """:func:`_check` for the items of a sequence parsed from its bytes (no planted text)."""
+    for i, item in enumerate(items):
+        for e in item.elements:
+            where = lambda: f"{path}[{i}].{keyword_for_tag(e.tag) or str(BaseTag(e.tag))}"  # noqa: E731
+            problem = _leftover(e.tag, e.vr, lambda: not e.value, lambda: "\\".join(text_values(e.value)),
+                                lambda: text_values(e.value))
+            if problem:
+                found.append(f"{where()}: {problem}")
+            if isinstance(e.value, list) and problem not in ("private tag", "curve/overlay"):
+                _check_items(e.value, where(), found)
+
+
+def find_identifiers(ds: Dataset, planted: Iterable[str] = (),
+                     parsed: dict[int, list[RawItem]] | None = None) -> list[str]:
     """List the places where ``ds`` still holds identifying information.
 
     Checks, recursively: private, curve and overlay tags; Table E.1-1 attributes that must be
     removed (present) or emptied (non-empty); person names other than the pseudonym; PatientID
     not a pseudonym; UIDs of the table not keyed (``2.25.``); PatientIdentityRemoved not ``YES``;
     and any text element that contains one of the ``planted`` strings (case-insensitive).
+
+    ``parsed`` (from :func:`deidentify`) maps raw sequence values to their already parsed items, so
+    that a sequence cleaned from its bytes is not parsed again.
 
     Returns:
         Human-readable locations (``"InstitutionName: present"``), empty when clean. Values are
@@ -367,7 +445,7 @@ def find_identifiers(ds: Dataset, planted: Iterable[str] = ()) -> list[str]:
     found: list[str] = []
     if str(ds.get("PatientIdentityRemoved", "")) != "YES":
         found.append("PatientIdentityRemoved: not YES")
-    _check(ds, "", [p.lower() for p in planted if p], found, set())
+    _check(ds, "", [p.lower() for p in planted if p], found, set(), parsed or {})
     fm = getattr(ds, "file_meta", None)
     if fm is not None and "MediaStorageSOPInstanceUID" in fm and not _KEYED_UID_RE.match(
             str(fm.MediaStorageSOPInstanceUID)):

@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, pixel_array
 
+from rgops.data.rawseq import raw_items
 from rgops.errors import DicomDecodeError, DicomError, SegmentationError
 
 log = logging.getLogger(__name__)
@@ -325,7 +326,8 @@ def read_ct_series(paths: Sequence[str | Path]) -> CTSeries:
 
 def referenced_series_uids(seg: Dataset) -> set[str]:
     """SeriesInstanceUIDs a SEG says it was derived from (ReferencedSeriesSequence)."""
-    return {str(item.get("SeriesInstanceUID", "")) for item in seg.get("ReferencedSeriesSequence", [])}
+    items = raw_items(seg, "ReferencedSeriesSequence") or seg.get("ReferencedSeriesSequence", [])
+    return {str(item.get("SeriesInstanceUID", "")) for item in items}
 
 
 def segmentation_mask(seg_ds: Dataset, series: CTSeries, name: str = "SEG",
@@ -413,12 +415,15 @@ def _frames_by_source_instance(seg_ds: Dataset, segment_numbers: Sequence[int] |
     try:
         if str(seg_ds.get("SegmentationType", "")) not in ("BINARY", "FRACTIONAL"):
             return None
-        groups = seg_ds.get("PerFrameFunctionalGroupsSequence")
-        series_uids = {str(item.get("SeriesInstanceUID", "")) for item in seg_ds.get("ReferencedSeriesSequence", [])}
+        # the functional groups parsed from their bytes when still raw (rgops.data.rawseq): pydicom
+        # would build a Dataset per item, several per frame
+        groups = raw_items(seg_ds, "PerFrameFunctionalGroupsSequence") or seg_ds.get("PerFrameFunctionalGroupsSequence")
+        series_uids = referenced_series_uids(seg_ds)
         if not groups or len(series_uids) != 1:
             return None
         series_uid = next(iter(series_uids))
-        shared = (seg_ds.get("SharedFunctionalGroupsSequence") or [Dataset()])[0]
+        shared = (raw_items(seg_ds, "SharedFunctionalGroupsSequence") or seg_ds.get("SharedFunctionalGroupsSequence")
+                  or [Dataset()])[0]
         source, numbers = [], []
         for fg in groups:
             derivation = fg.get("DerivationImageSequence")

@@ -145,3 +145,63 @@ def test_raw_and_decoded_headers_get_the_same_uids(ct_and_seg, tmp_path):
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "StudyDate", "PatientName"):
         assert a.get(keyword) == b.get(keyword), keyword
     assert find_identifiers(a) == [] and find_identifiers(b) == []
+
+
+def _seg_with_nested_phi(ct_and_seg) -> pydicom.Dataset:
+    """The SEG with identifiers planted inside its sequences' items, where only a walk of the items finds them."""
+    from pydicom.dataset import Dataset
+
+    seg = copy.deepcopy(ct_and_seg[1])
+    item = seg.ReferencedSeriesSequence[0]
+    item.OperatorsName = "Tech^Ulrike"  # an X attribute in an item
+    item.EvaluatorName = "Dr^Philippa^Quartermain"  # a PN the table does not list
+    item.StudyDate = "19410317"  # a date in an item
+    item.add_new(0x00090010, "LO", "ACME")  # private creator and element in an item
+    item.add_new(0x00091001, "LO", "PRIVMRN-424242")
+    seg.PerFrameFunctionalGroupsSequence[0].FrameContentSequence[0].add_new(0x00081040, "LO", "Wolfgang ward")
+    extra = Dataset()
+    extra.ReferencedSOPInstanceUID = "1.2.3.4.5"
+    seg.SegmentSequence[0].ReferencedImageSequence = [extra]  # a UID three levels down
+    return seg
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_sequences_cleaned_from_bytes_as_when_decoded(ct_and_seg, tmp_path, implicit):
+    """A sequence pydicom has not decoded is cleaned from its bytes (rgops.data.rawseq); the result
+    must be what cleaning the decoded sequence gives, element for element."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    seg = _seg_with_nested_phi(ct_and_seg)
+    if implicit:
+        seg.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path, enforce_file_format=True)
+    raw, decoded = pydicom.dcmread(path), pydicom.dcmread(path)
+    for elem in decoded.iterall():  # every element and item decoded by pydicom
+        _ = elem.value
+    a, b = deidentify(raw, KEY, in_place=True), deidentify(decoded, KEY, in_place=True)
+    assert isinstance(a.get_item("PerFrameFunctionalGroupsSequence"), RawDataElement)  # the bytes path ran
+    assert find_identifiers(a) == []
+    assert a.to_json_dict() == b.to_json_dict()
+    assert find_identifiers(a, f.planted_strings("R01-007")) == []  # decoded search of every text value
+    assert a.SegmentSequence[0].ReferencedImageSequence[0].ReferencedSOPInstanceUID == pseudonymous_uid("1.2.3.4.5", KEY)
+    got = segmentation_mask(a, ct_series([deidentify(s, KEY) for s in ct_and_seg[0]]))
+    assert (got == ct_and_seg[2]).all()
+
+
+def test_checker_finds_leftovers_inside_raw_sequences(ct_and_seg, tmp_path):
+    from pydicom.dataelem import RawDataElement
+
+    path = tmp_path / "seg.dcm"
+    _seg_with_nested_phi(ct_and_seg).save_as(path, enforce_file_format=True)
+    ds = pydicom.dcmread(path)
+    found = find_identifiers(ds)
+    assert isinstance(ds.get_item("ReferencedSeriesSequence"), RawDataElement)  # checked without decoding
+    for needle in ("ReferencedSeriesSequence[0].OperatorsName: present",
+                   "ReferencedSeriesSequence[0].EvaluatorName: person name",
+                   "ReferencedSeriesSequence[0].StudyDate: not empty",
+                   "ReferencedSeriesSequence[0].(0009,0010): private tag",
+                   "ReferencedSeriesSequence[0].SeriesInstanceUID: UID not remapped",
+                   "SegmentSequence[0].ReferencedImageSequence[0].ReferencedSOPInstanceUID: UID not remapped"):
+        assert needle in found, (needle, found)
