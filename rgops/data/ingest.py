@@ -37,7 +37,7 @@ import pandas as pd
 from pydicom.dataset import Dataset
 
 from rgops.config import from_dict
-from rgops.data.datasets import SPLITS, Datasets, GenePanel, write_gene_table
+from rgops.data.datasets import SPLITS, Datasets, GenePanel, write_genes_parquet
 from rgops.data.deid import deidentify
 from rgops.data.dicom import (
     CTSeries,
@@ -653,7 +653,7 @@ def _write_datasets(out: Path, plan: CohortPlan, ok: list[PatientResult], panel:
         np.save(tmp / "masks.npy", np.concatenate([r.mask for r in ok]).astype(np.uint8))
         plan.config.spec().write(tmp)
         panel.save(tmp / "gene_panel.json")
-        write_gene_table(genes, tmp / "genes.parquet", plan.config.parquet_compression)
+        write_genes_parquet(genes, tmp / "genes.parquet", plan.config.parquet_compression)
         for name, frame in tables.items():
             frame.to_parquet(tmp / name, compression=plan.config.parquet_compression, index=False)
         Datasets.load(tmp)  # the contract check, before anything replaces ``out``

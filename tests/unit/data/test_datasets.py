@@ -67,7 +67,7 @@ def test_bad_values_refused(value: object, why: str) -> None:
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("compression", ["snappy", None])
 def test_gene_table_writer_writes_what_pandas_writes(tmp_path, dtype, compression) -> None:
-    from rgops.data.datasets import write_gene_table
+    from rgops.data.datasets import write_genes_parquet
 
     rng = np.random.default_rng(3)
     genes = [f"G{j}" for j in range(37)] + ["NaN", "pseudo id", "ÄBC"]  # odd but legal names
@@ -75,16 +75,38 @@ def test_gene_table_writer_writes_what_pandas_writes(tmp_path, dtype, compressio
                          index=pd.Index([f"P-{i:016x}" for i in (0, 0, 1, 2, 2, 2, 3, 4, 5)], name="pseudo_id"))
     frame.iloc[2, 5] = np.nan
     frame.to_parquet(tmp_path / "pandas.parquet", compression=compression)
-    write_gene_table(frame, tmp_path / "fast.parquet", compression)
+    write_genes_parquet(frame, tmp_path / "fast.parquet", compression)
     assert (tmp_path / "fast.parquet").read_bytes() == (tmp_path / "pandas.parquet").read_bytes()
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "fast.parquet"), frame)
 
 
 def test_gene_table_writer_leaves_other_frames_to_pandas(tmp_path) -> None:
-    from rgops.data.datasets import write_gene_table
+    from rgops.data.datasets import write_genes_parquet
 
     mixed = pd.DataFrame({"a": [1.0, 2.0], "b": [1, 2]}, index=pd.Index(["x", "y"], name="pseudo_id"))
     unnamed = pd.DataFrame({"a": [1.0, 2.0]})
     for i, frame in enumerate((mixed, unnamed)):
-        write_gene_table(frame, tmp_path / f"{i}.parquet")
+        write_genes_parquet(frame, tmp_path / f"{i}.parquet")
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / f"{i}.parquet"), frame)
+
+
+def test_genes_parquet_reader_reads_what_pandas_reads(tmp_path) -> None:
+    from rgops.data.datasets import read_genes_parquet
+    from rgops.errors import DatasetError
+
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame(rng.normal(size=(6, 5)).astype(np.float32), columns=[f"G{j}" for j in range(5)],
+                         index=pd.Index(["P-a", "P-a", "P-b", "P-c", "P-c", "P-d"], name="pseudo_id"))
+    frame.iloc[1, 2] = np.nan
+    cases = {"named index": frame, "range index": frame.reset_index(drop=True),
+             "float64": frame.astype(np.float64)}
+    for label, df in cases.items():
+        df.to_parquet(tmp_path / "g.parquet")
+        names, rows, values = read_genes_parquet(tmp_path / "g.parquet")
+        back = pd.read_parquet(tmp_path / "g.parquet")
+        assert names == list(back.columns) and rows == list(back.index), label
+        np.testing.assert_array_equal(values, back.to_numpy(np.float32))
+        assert values.dtype == np.float32
+    frame.assign(G1=["x"] * 6).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(DatasetError, match="G1"):
+        read_genes_parquet(tmp_path / "bad.parquet")

@@ -32,6 +32,8 @@ def test_reads_values_and_counts_missing(tmp_path):
     ("gene_symbol\tA\tB\nEGFR\t1\thigh\n", "EGFR.*'high'.*not a number"),
     ("gene_symbol\tA\tB\nEGFR\t1\t-2\n", "EGFR.*negative"),
     ("symbol\tA\nEGFR\t1\n", "expected a first column 'gene_symbol'"),
+    ("gene_symbol\tA\tB\nEGFR\t1\tNAN\n", "EGFR.*'NAN'.*not a number"),  # not one of the missing markers
+    ("gene_symbol\tA\tB\nEGFR\t1\tinf\n", "EGFR.*infinite"),
 ])
 def test_malformed_tables_refused(tmp_path, text, match):
     with pytest.raises(GeneTableError, match=match):
@@ -60,3 +62,24 @@ def test_clinical_columns_outside_the_schema_are_dropped_and_counted(tmp_path, c
     assert list(df.columns) == ["age", "sex"] and df.index.name == "patient_id"
     assert "dropped 2 column(s) outside the documented schema" in caplog.text
     assert "Jane" not in caplog.text and "notes" not in caplog.text and "Smith" not in caplog.text
+
+
+@pytest.mark.parametrize("cells, missing", [
+    (["3", "7.5", "0", "12"], 0),  # all numbers: pandas' numeric reader
+    ([" 3", "7.5 ", "NA", "12"], 1),  # padded numbers and a marker
+    (["3", "7.5", " NA ", "12"], 1),  # a padded marker: the text path strips it
+    (["3", "\"7.5\"", "", "null"], 2),  # quoted number, empty and null markers
+])
+def test_every_way_of_writing_a_value_reads_the_same(tmp_path, cells, missing):
+    p = write(tmp_path, "gene_symbol\tA\tB\n" + f"EGFR\t{cells[0]}\t{cells[1]}\nKRAS\t{cells[2]}\t{cells[3]}\n")
+    t = read_gene_table(p)
+    want = np.array([[3.0, np.nan if missing > 1 else 0.0], [7.5, 12.0 if missing < 2 else np.nan]])
+    if missing == 1:
+        want[0, 1] = np.nan
+    np.testing.assert_array_equal(t.expr.to_numpy(), want)
+    assert t.n_missing == missing and list(t.expr.columns) == ["EGFR", "KRAS"] and list(t.expr.index) == ["A", "B"]
+
+
+def test_a_short_row_reads_as_missing_values(tmp_path):
+    t = read_gene_table(write(tmp_path, "gene_symbol\tA\tB\nEGFR\t1\nKRAS\t1\t2\n"))
+    assert t.n_missing == 1 and np.isnan(t.expr.loc["B", "EGFR"]) and t.expr.loc["B", "KRAS"] == 2
