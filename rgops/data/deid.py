@@ -175,6 +175,8 @@ _UID_TAGS = frozenset(t for t, a in _TAG_ACTIONS.items() if a == "U")
 _EMPTY_TAGS = frozenset(t for t, a in _TAG_ACTIONS.items() if a == "Z")
 _REMOVED_TAGS = frozenset(t for t, a in _TAG_ACTIONS.items() if a == "X")
 _DUMMY_TAGS = frozenset(t for t, a in _TAG_ACTIONS.items() if a == "D")  # PatientName, PatientID
+_CHECKED_TAGS = _UID_TAGS | _EMPTY_TAGS | _REMOVED_TAGS | _DUMMY_TAGS
+_ACTION_VRS = frozenset({"SQ", "PN", "DA", "DT"})  # the VRs the walk acts on outside the table
 #: What every de-identified dataset is marked with (set by tag: a keyword assignment per element
 #: looked the keyword up and validated the value each time).
 _METHOD_CODE = (("CodeValue", "113100"), ("CodingSchemeDesignator", "DCM"),
@@ -224,10 +226,14 @@ def _replace(ds: Dataset, tag: BaseTag, vr: str, value: object) -> None:
     ds[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
 
 
+def _is_private_curve_or_overlay(number: int) -> bool:
+    return bool(number & 0x10000) or _is_curve_or_overlay(number)
+
+
 def _action(number: int, vr: str) -> str | None:
     """What the profile does to one element: ``delete``, ``empty``, ``pseudonym``, ``uids`` (remap),
     ``recurse`` (a kept sequence) or None (keep). The one reading of the table for both walks."""
-    if number & 0x10000 or _is_curve_or_overlay(number):  # odd group: private
+    if _is_private_curve_or_overlay(number):  # odd group: private
         return "delete"
     action = _TAG_ACTIONS.get(number)
     if action is None:
@@ -262,6 +268,8 @@ def _clean(ds: Dataset, key: bytes, pseudo_id: str, seen: set[int], parsed: dict
     for tag, elem in list(ds.items()):  # items(): raw elements stay raw
         number = int(tag)
         vr = _vr(number, elem)
+        if number not in _TAG_ACTIONS and vr not in _ACTION_VRS and not _is_private_curve_or_overlay(number):
+            continue  # kept as it is: most of a header
         what = _action(number, vr)
         if what == "delete":
             del ds[tag]
@@ -274,7 +282,7 @@ def _clean(ds: Dataset, key: bytes, pseudo_id: str, seen: set[int], parsed: dict
             else:
                 for item in ds[tag].value:
                     _clean(item, key, pseudo_id, seen, parsed)
-        elif what == "empty" and not (vr == "PN" and _is_empty(elem)):
+        elif what == "empty" and not _is_empty(elem):
             _replace(ds, tag, vr, DicomSequence([]) if vr == "SQ" else "")
         elif what == "pseudonym":  # only PatientName/PatientID: the dummy is the pseudonym
             _replace(ds, tag, vr, pseudo_id)
@@ -384,6 +392,15 @@ def _leftover(number: int, vr: str, empty: Callable[[], bool], text: Callable[[]
     return None
 
 
+def _name(path: str, tag: int) -> str:
+    return f"{path}{keyword_for_tag(tag) or str(BaseTag(tag))}"
+
+
+def _needs_check(number: int, vr: str) -> bool:
+    """Whether :func:`_leftover` can object to an element at all (most of a header it cannot)."""
+    return number in _CHECKED_TAGS or vr == "PN" or _is_private_curve_or_overlay(number)
+
+
 def _check(ds: Dataset, path: str, needles: list[str], found: list[str], seen: set[int],
            parsed: dict[int, list[RawItem]]) -> None:
     if id(ds) in seen:
@@ -391,39 +408,40 @@ def _check(ds: Dataset, path: str, needles: list[str], found: list[str], seen: s
     seen.add(id(ds))
     for tag, elem in list(ds.items()):
         number = int(tag)
-        where = lambda: f"{path}{keyword_for_tag(tag) or str(tag)}"  # noqa: E731  (named only when found)
         vr = _vr(number, elem)
-        problem = _leftover(number, vr, lambda: _is_empty(elem), lambda: str(ds[tag].value or ""),
-                            lambda: _uids(elem))
-        if problem:
-            found.append(f"{where()}: {problem}")
-            if problem in ("private tag", "curve/overlay"):
-                continue
+        if _needs_check(number, vr):
+            problem = _leftover(number, vr, lambda: _is_empty(elem), lambda: str(ds[tag].value or ""),
+                                lambda: _uids(elem))
+            if problem:
+                found.append(f"{_name(path, number)}: {problem}")
+                if problem in ("private tag", "curve/overlay"):
+                    continue
         if vr == "SQ":
             # a raw sequence is checked from its bytes, unless planted text must be searched (decoded)
             items = None if needles else parsed.get(id(elem.value)) or _parsed_sequence(number, elem)
             if items is not None:
-                _check_items(items, where(), found)
+                _check_items(items, _name(path, number), found)
             else:
                 for i, item in enumerate(ds[tag].value or []):
-                    _check(item, f"{where()}[{i}].", needles, found, seen, parsed)
+                    _check(item, f"{_name(path, number)}[{i}].", needles, found, seen, parsed)
         elif needles and vr not in ("OB", "OW", "OF", "OD", "OL", "OV", "UN"):
             text = str(ds[tag].value).lower()
             if any(n in text for n in needles):
-                found.append(f"{where()}: holds a planted identifier")
+                found.append(f"{_name(path, number)}: holds a planted identifier")
 
 
 def _check_items(items: list[RawItem], path: str, found: list[str]) -> None:
     """:func:`_check` for the items of a sequence parsed from its bytes (no planted text)."""
     for i, item in enumerate(items):
         for e in item.elements:
-            where = lambda: f"{path}[{i}].{keyword_for_tag(e.tag) or str(BaseTag(e.tag))}"  # noqa: E731
-            problem = _leftover(e.tag, e.vr, lambda: not e.value, lambda: "\\".join(text_values(e.value)),
-                                lambda: text_values(e.value))
-            if problem:
-                found.append(f"{where()}: {problem}")
+            problem = None
+            if _needs_check(e.tag, e.vr):
+                problem = _leftover(e.tag, e.vr, lambda: not e.value, lambda: "\\".join(text_values(e.value)),
+                                    lambda: text_values(e.value))
+                if problem:
+                    found.append(f"{_name(f'{path}[{i}].', e.tag)}: {problem}")
             if isinstance(e.value, list) and problem not in ("private tag", "curve/overlay"):
-                _check_items(e.value, where(), found)
+                _check_items(e.value, _name(f"{path}[{i}].", e.tag), found)
 
 
 def find_identifiers(ds: Dataset, planted: Iterable[str] = (),

@@ -18,6 +18,7 @@ changed are written back byte for byte.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -232,15 +233,23 @@ def _encode_element(e: RawElement, implicit: bool) -> bytes:
 
 def raw_items(ds: Dataset, keyword: str) -> list[RawItem] | None:
     """The items of sequence ``keyword`` of ``ds`` parsed from its bytes, when pydicom has not yet
-    decoded it and it is little endian; None otherwise (absent, decoded, or not readable here)."""
+    decoded it and it is little endian; None otherwise (absent, decoded, or not readable here).
+    Read only: the items may be shared with other callers."""
     tag = tag_for_keyword(keyword)
     elem = ds.get_item(tag, keep_deferred=True) if tag is not None and tag in ds else None
     if not is_raw_sequence(tag or 0, elem):
         return None
     try:
-        return parse(elem.value, elem.is_implicit_VR)
+        return list(_parse_shared(elem.value, elem.is_implicit_VR))
     except RawSequenceError:
         return None
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_shared(data: bytes, implicit: bool) -> tuple[RawItem, ...]:
+    """:func:`parse` for readers: ingest reads a SEG's ReferencedSeriesSequence three times. The
+    items are shared between callers, so :func:`raw_items` callers must not change them."""
+    return tuple(parse(data, implicit))
 
 
 def is_raw_sequence(tag: int, elem: object) -> bool:
