@@ -133,11 +133,19 @@ def decode_pixels(ds: Dataset, name: str) -> np.ndarray:
         ) from None
 
 
-def to_hu(ds: Dataset, name: str) -> np.ndarray:
-    """Pixel data of a CT slice in Hounsfield units, float32 ``(rows, columns)``."""
+def to_hu(ds: Dataset, name: str, out: np.ndarray | None = None) -> np.ndarray:
+    """Pixel data of a CT slice in Hounsfield units, float32 ``(rows, columns)``, written into ``out``
+    when given (a slice of a series' volume: no slice-sized temporary is kept).
+
+    The values are pydicom's ``apply_modality_lut`` in float64, rounded once to float32.
+    """
     pixels = decode_pixels(ds, name)
     if pixels.ndim != 2:
         raise DicomError(f"{name!r} has pixel data of shape {pixels.shape}; expected one 2-D CT slice")
+    if out is not None and out.shape != pixels.shape:
+        raise DicomError(f"{name!r} has {pixels.shape[0]}x{pixels.shape[1]} pixels but the series' first "
+                         f"slice has {out.shape[0]}x{out.shape[1]}; send one reconstruction per series")
+    rescale = {}
     for keyword in ("RescaleSlope", "RescaleIntercept"):
         if keyword in ds:
             try:
@@ -147,11 +155,19 @@ def to_hu(ds: Dataset, name: str) -> np.ndarray:
             if not np.isfinite(value) or (keyword == "RescaleSlope" and value == 0):
                 raise DicomError(f"{name!r}: {keyword} is not a finite number (a slope must not be 0); "
                                  "Hounsfield units cannot be computed: re-export the file")
-    try:
-        hu = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
-    except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:
-        raise DicomError(f"{name!r}: the modality LUT cannot be applied ({type(exc).__name__}); re-export the "
-                         "file with RescaleSlope/RescaleIntercept") from None
+            rescale[keyword] = value
+    hu = np.empty(pixels.shape, dtype=np.float32) if out is None else out
+    if len(rescale) == 2 and "ModalityLUTSequence" not in ds:  # apply_modality_lut's rescale, in place
+        wide = pixels.astype(np.float64)
+        wide *= rescale["RescaleSlope"]
+        wide += rescale["RescaleIntercept"]
+        hu[...] = wide
+    else:
+        try:
+            hu[...] = apply_modality_lut(pixels, ds)
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:
+            raise DicomError(f"{name!r}: the modality LUT cannot be applied ({type(exc).__name__}); re-export the "
+                             "file with RescaleSlope/RescaleIntercept") from None
     if not np.isfinite(hu).all():
         raise DicomError(f"{name!r}: Hounsfield units are not finite; check RescaleSlope/RescaleIntercept")
     return hu
@@ -310,11 +326,7 @@ def _hu_volume(datasets: Sequence[Dataset], names: Sequence[str], order: np.ndar
     of per-slice arrays would hold the volume twice: 0.6 GB more for a 580-slice thin-slice CT)."""
     hu = np.empty((len(order), *shape), dtype=np.float32)
     for k, i in enumerate(order):
-        slice_hu = to_hu(datasets[i], names[i])
-        if slice_hu.shape != shape:
-            raise DicomError(f"{names[i]!r} has {slice_hu.shape[0]}x{slice_hu.shape[1]} pixels but the series' first "
-                             f"slice has {shape[0]}x{shape[1]}; send one reconstruction per series")
-        hu[k] = slice_hu
+        to_hu(datasets[i], names[i], out=hu[k])
     return hu
 
 

@@ -206,3 +206,30 @@ def test_direct_seg_read_leaves_unusual_layouts_to_highdicom(case):
             del odd.SharedFunctionalGroupsSequence[0].SegmentIdentificationSequence
         assert dicom._frames_by_source_instance(odd, None) is None, change
     assert dicom._frames_by_source_instance(seg, None) is not None  # the unchanged SEG takes the direct path
+
+
+@pytest.mark.parametrize("rescale", [(0.5, -1024.3), (1.0, -1024.0), (2.5, None), None, "lut"])
+def test_hu_are_pydicom_modality_lut_rounded_once_to_float32(case, rescale):
+    """to_hu rescales in place (no slice-sized temporaries) but must give pydicom's values exactly."""
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import apply_modality_lut
+
+    ds = copy.deepcopy(case[0][2])
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        if keyword in ds:
+            del ds[keyword]
+    if rescale == "lut":
+        item = Dataset()
+        item.LUTDescriptor = [4096, 0, 16]
+        item.add_new(0x00283006, "US", list(range(0, 4096 * 3, 3)))  # LUTData
+        ds.ModalityLUTSequence = [item]
+    elif rescale is not None:
+        ds.RescaleSlope = rescale[0]
+        if rescale[1] is not None:
+            ds.RescaleIntercept = rescale[1]
+    want = np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32)
+    got = to_hu(ds, "s2")
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    out = np.full((2, *want.shape), np.nan, dtype=np.float32)
+    assert np.shares_memory(to_hu(ds, "s2", out=out[1]), out)
+    assert np.array_equal(out[1], want) and np.isnan(out[0]).all()
