@@ -245,7 +245,7 @@ def raw_items(ds: Dataset, keyword: str) -> list[RawItem] | None:
         return None
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=4)  # a few: a large SEG's parsed frames are megabytes
 def _parse_shared(data: bytes, implicit: bool) -> tuple[RawItem, ...]:
     """:func:`parse` for readers: ingest reads a SEG's ReferencedSeriesSequence three times. The
     items are shared between callers, so :func:`raw_items` callers must not change them."""
