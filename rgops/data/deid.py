@@ -184,6 +184,9 @@ _METHOD_CODE = (("CodeValue", "113100"), ("CodingSchemeDesignator", "DCM"),
 _MARK_TAGS = {k: BaseTag(tag_for_keyword(k)) for k in (
     "PatientID", "PatientName", "PatientIdentityRemoved", "LongitudinalTemporalInformationModified",
     "DeidentificationMethod", "DeidentificationMethodCodeSequence", *(k for k, _ in _METHOD_CODE))}
+_MARK_VRS = {k: str(dictionary_VR(t)) for k, t in _MARK_TAGS.items()}
+_MEDIA_UID = BaseTag(tag_for_keyword("MediaStorageSOPInstanceUID"))
+_SOURCE_AE = BaseTag(tag_for_keyword("SourceApplicationEntityTitle"))
 _PSEUDO_RE = re.compile(r"^P-[0-9a-f]{16}$")
 _KEYED_UID_RE = re.compile(r"^2\.25\.\d+$")
 
@@ -348,20 +351,20 @@ def deidentify(ds: Dataset, key: bytes, source_patient_id: str | None = None,
     # pixel data (immutable bytes) is shared, not copied; a dataset read from a stream must not keep
     # it (ds.buffer), or the copy duplicates the whole file (rgops.serving.uploads drops it).
     out = ds if in_place else copy.deepcopy(ds)
-    if hasattr(out, "file_meta"):
-        if "MediaStorageSOPInstanceUID" in out.file_meta:
-            out.file_meta.MediaStorageSOPInstanceUID = pseudonymous_uid(
-                str(out.file_meta.MediaStorageSOPInstanceUID), key)
-        if "SourceApplicationEntityTitle" in out.file_meta:  # names the sending site's node
-            del out.file_meta.SourceApplicationEntityTitle
+    meta = getattr(out, "file_meta", None)
+    if meta is not None:
+        if _MEDIA_UID in meta:
+            _replace(meta, _MEDIA_UID, "UI", pseudonymous_uid(str(meta[_MEDIA_UID].value), key))
+        if _SOURCE_AE in meta:  # names the sending site's node
+            del meta[_SOURCE_AE]
     parsed: dict[int, list[RawItem]] = {}
     _clean(out, key, pseudo_id, set(), parsed)
     for keyword, value in (("PatientID", pseudo_id), ("PatientName", pseudo_id), ("PatientIdentityRemoved", "YES"),
                            ("LongitudinalTemporalInformationModified", "REMOVED"), ("DeidentificationMethod", METHOD)):
-        _replace(out, _MARK_TAGS[keyword], str(dictionary_VR(keyword)), value)
+        _replace(out, _MARK_TAGS[keyword], _MARK_VRS[keyword], value)
     code = Dataset()
     for keyword, value in _METHOD_CODE:
-        _replace(code, _MARK_TAGS[keyword], str(dictionary_VR(keyword)), value)
+        _replace(code, _MARK_TAGS[keyword], _MARK_VRS[keyword], value)
     _replace(out, _MARK_TAGS["DeidentificationMethodCodeSequence"], "SQ", DicomSequence([code]))
     leftovers = find_identifiers(out, parsed=parsed)
     if leftovers:  # a bug in the table, never expected: refuse rather than pass PHI on
