@@ -35,8 +35,8 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Literal
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom import config
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
@@ -225,7 +225,8 @@ def _uids(elem: DataElement | RawDataElement) -> list[str]:
 
 def _replace(ds: Dataset, tag: BaseTag, vr: str, value: object) -> None:
     """Put a new element in place of ``tag`` without decoding the old one. The values written here
-    (empty, a pseudonym, keyed UIDs) are valid by construction, so pydicom's validation is skipped."""
+    (empty, a pseudonym, keyed UIDs, the fixed marks) are valid by construction, so pydicom's
+    validation is skipped."""
     ds[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
 
 

@@ -131,27 +131,35 @@ def parse(data: bytes, implicit: bool) -> list[RawItem]:
         raise RawSequenceError("sequences nested too deep to parse here") from None
 
 
+def _head(view: memoryview, pos: int, end: int) -> tuple[int, int]:
+    """``(tag, 4-byte length field)`` of the header at ``pos`` (items, delimiters, implicit VR)."""
+    if pos + 8 > end:
+        raise RawSequenceError(f"truncated header at byte {pos}")
+    group, element, length = _HEAD.unpack_from(view, pos)
+    return group << 16 | element, length
+
+
+def _body(read: Any, view: memoryview, pos: int, end: int, length: int, implicit: bool) -> tuple[list[Any], int]:
+    """``read`` (:func:`_items` or :func:`_elements`) over a value of ``length`` bytes at ``pos``, or up to
+    its delimiter when the length is undefined."""
+    if length == _UNDEFINED:
+        return read(view, pos, end, implicit, undefined=True)
+    if pos + length > end:
+        raise RawSequenceError(f"a value of {length} bytes at byte {pos} runs past its parent")
+    return read(view, pos, pos + length, implicit, undefined=False)
+
+
 def _items(view: memoryview, pos: int, end: int, implicit: bool, undefined: bool) -> tuple[list[RawItem], int]:
     items: list[RawItem] = []
     while pos < end:
-        if pos + 8 > end:
-            raise RawSequenceError(f"truncated item header at byte {pos}")
-        group, element, length = _HEAD.unpack_from(view, pos)
-        tag = group << 16 | element
-        pos += 8
+        tag, length = _head(view, pos, end)
         if tag == _SEQ_END:
             if not undefined:
                 raise RawSequenceError("sequence delimiter in a sequence of defined length")
-            return items, pos
+            return items, pos + 8
         if tag != _ITEM:
-            raise RawSequenceError(f"expected an item at byte {pos - 8}, found tag {tag:08X}")
-        if length == _UNDEFINED:
-            elements, pos = _elements(view, pos, end, implicit, undefined=True)
-        else:
-            if pos + length > end:
-                raise RawSequenceError(f"item of {length} bytes runs past its sequence")
-            elements, stop = _elements(view, pos, pos + length, implicit, undefined=False)
-            pos = stop
+            raise RawSequenceError(f"expected an item at byte {pos}, found tag {tag:08X}")
+        elements, pos = _body(_elements, view, pos + 8, end, length, implicit)
         items.append(RawItem(elements))
     if undefined:
         raise RawSequenceError("sequence of undefined length without its delimiter")
@@ -161,15 +169,12 @@ def _items(view: memoryview, pos: int, end: int, implicit: bool, undefined: bool
 def _elements(view: memoryview, pos: int, end: int, implicit: bool, undefined: bool) -> tuple[list[RawElement], int]:
     out: list[RawElement] = []
     while pos < end:
-        if pos + 8 > end:
-            raise RawSequenceError(f"truncated element header at byte {pos}")
-        group, element, length = _HEAD.unpack_from(view, pos)
-        tag = group << 16 | element
+        tag, length = _head(view, pos, end)
         if tag == _ITEM_END:
             if not undefined:
                 raise RawSequenceError("item delimiter in an item of defined length")
             return out, pos + 8
-        if group == 0xFFFE:
+        if tag >> 16 == 0xFFFE:
             raise RawSequenceError(f"unexpected delimiter {tag:08X} at byte {pos}")
         if implicit:
             vr = "SQ" if length == _UNDEFINED else _vr_of(tag)
@@ -190,12 +195,7 @@ def _elements(view: memoryview, pos: int, end: int, implicit: bool, undefined: b
             if vr == "UN" and _vr_of(tag) != "UN":  # pydicom would decode it with its dictionary VR (a sequence?)
                 raise RawSequenceError(f"element {tag:08X} is encoded as UN")
         if vr == "SQ":
-            if length == _UNDEFINED:
-                items, pos = _items(view, pos, end, implicit, undefined=True)
-            else:
-                if pos + length > end:
-                    raise RawSequenceError(f"sequence {tag:08X} runs past its item")
-                items, pos = _items(view, pos, pos + length, implicit, undefined=False)
+            items, pos = _body(_items, view, pos, end, length, implicit)
             out.append(RawElement(tag, vr, items))
             continue
         if length == _UNDEFINED or pos + length > end:
