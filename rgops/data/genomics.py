@@ -67,6 +67,9 @@ def read_gene_table(path: str | Path) -> GeneTable:
     if not p.is_file():
         raise GeneTableError(f"gene table {str(p)!r} does not exist; expected genes.tsv in the cohort folder")
     samples = _sample_header(p)
+    ragged = ragged_line(p, len(samples) + 1)
+    if ragged:
+        raise GeneTableError(ragged)
     fast = _numeric_table(p, samples)
     if fast is not None:
         symbols = _gene_symbols(p, fast[GENE_COLUMN].fillna("").astype(str).str.strip())
@@ -84,15 +87,26 @@ def read_gene_table(path: str | Path) -> GeneTable:
     return GeneTable(expr=expr, n_missing=n_missing)
 
 
+def ragged_line(path: str | Path, n_fields: int) -> str | None:
+    """A message naming the first non-blank line of a TSV whose number of fields is not
+    ``n_fields``, or None. pandas would read a short line's missing cells as missing values
+    (imputed later, silently) and take a long first line's extra field for an index column."""
+    with open(path, newline="") as fh:
+        for number, line in enumerate(fh, start=1):
+            fields = line.count("\t") + 1
+            if line.strip("\r\n") and fields != n_fields:
+                return (f"gene table {str(path)!r}: line {number} has {fields} tab-separated field(s), the "
+                        f"header {n_fields}; every row needs its gene symbol and one value per sample (leave a "
+                        "missing value empty between its tabs)")
+    return None
+
+
 def _numeric_table(p: Path, samples: list[str]) -> pd.DataFrame | None:
     """The table parsed by pandas' C reader straight to numbers, when that parse can vouch for every
-    cell: every line has one field per header column (a short line would read as missing values)
-    and every sample column came out numeric, its only NaNs the exact missing markers. None
-    otherwise: the text path (:func:`_expression_values`) then classifies each cell and names the bad
-    one. A 1,000-sample table reads in 0.16 s this way against 2.7 s as text."""
-    with open(p, newline="") as fh:
-        if any(line.count("\t") != len(samples) for line in fh if line.strip("\r\n")):
-            return None
+    cell (rows are whole: :func:`ragged_line`): every sample column came out numeric, its
+    only NaNs the exact missing markers. None otherwise: the text path (:func:`_expression_values`)
+    then classifies each cell and names the bad one. A 1,000-sample table reads in 0.37 s this way
+    against 2.7 s as text."""
     try:
         table = pd.read_csv(p, sep="\t", header=0, names=[GENE_COLUMN, *samples], dtype={GENE_COLUMN: str},
                             na_values={s: list(_MISSING) for s in samples}, keep_default_na=False)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rgops.data.genomics import CLINICAL_CATEGORICAL, CLINICAL_NUMERIC
+from rgops.data.genomics import CLINICAL_CATEGORICAL, CLINICAL_NUMERIC, ragged_line
 from rgops.data.pseudonym import pseudonymize, pseudonymous_uid
 from rgops.errors import CohortError
 
@@ -275,11 +275,17 @@ def gene_tables(path: str | Path, key: bytes) -> tuple[pd.DataFrame, pd.DataFram
     min_value``.
 
     Raises:
-        CohortError: the file is missing, empty, or its first column is not ``gene_symbol``.
+        CohortError: the file is missing, empty, its first column is not ``gene_symbol``, or a line
+            has another number of fields than the header.
     """
     p = Path(path)
     if not p.is_file():
         raise CohortError(f"gene table {str(p)!r} not found; expected genes.tsv in the cohort folder")
+    with open(p, newline="") as fh:
+        header = fh.readline()
+    ragged = ragged_line(p, header.count("\t") + 1) if header.strip("\r\n") else None
+    if ragged:  # a table whose cells cannot be placed: nothing to count
+        raise CohortError(ragged)
     raw = pd.read_csv(p, sep="\t", header=None, dtype=str, keep_default_na=False, na_filter=False)
     if raw.shape[0] < 1 or raw.shape[1] < 2 or raw.iat[0, 0].strip() != "gene_symbol":
         first = raw.iat[0, 0] if raw.size else None

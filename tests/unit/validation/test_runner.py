@@ -19,7 +19,7 @@ import pytest
 from rgops.config import load_params
 from rgops.data.deid import deidentify
 from rgops.data.pseudonym import load_key, pseudonymize
-from rgops.errors import DatasetError
+from rgops.errors import CohortError, DatasetError
 from rgops.validation import ValidateConfig, validate_cohort, validate_datasets, write_json
 from rgops.validation.runner import validate_tables
 
@@ -314,3 +314,16 @@ def test_gene_train_statistics_count_each_patient_once(config, tmp_path):
     assert abs(genes.iloc[np.flatnonzero(manifest["split"].to_numpy() == "train")].to_numpy().mean(0)).max() > 0.1
     report = validate_datasets(root, config)
     assert report.failed("datasets_genes") == [], report.summary()
+
+
+@pytest.mark.parametrize("edit", ["drop a cell", "add a cell"])
+def test_a_gene_row_with_another_number_of_fields_is_named_by_line(tiny_cohort, config, tmp_path, edit):
+    """A short row would count its lost cells as missing; a long one made pandas raise its own error."""
+    bad = tmp_path / "cohort"
+    shutil.copytree(tiny_cohort, bad)
+    lines = (bad / "genes.tsv").read_text().splitlines()
+    lines[3] = lines[3].rsplit("\t", 1)[0] if edit == "drop a cell" else lines[3] + "\t1.5"
+    (bad / "genes.tsv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(CohortError, match=r"line 4 has \d+ tab-separated field\(s\), the header \d+") as info:
+        validate_cohort(bad, config)
+    assert not any(pid in str(info.value) for pid in _patients(bad))  # sample ids are source ids
