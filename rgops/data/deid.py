@@ -43,7 +43,8 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 
 from rgops.data.pseudonym import pseudonymize, pseudonymous_uid
-from rgops.data.rawseq import RawItem, RawSequenceError, encode_text, is_raw_sequence, parse, replaced, text_values
+from rgops.data.rawseq import (RawItem, RawSequenceError, dictionary_vr, encode_text, is_raw_sequence, parse, replaced,
+                               text_values)
 from rgops.errors import DeidentificationError
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,7 @@ _REMOVED_TAGS = frozenset(t for t, a in _TAG_ACTIONS.items() if a == "X")
 _DUMMY_TAGS = frozenset(t for t, a in _TAG_ACTIONS.items() if a == "D")  # PatientName, PatientID
 _CHECKED_TAGS = _UID_TAGS | _EMPTY_TAGS | _REMOVED_TAGS | _DUMMY_TAGS
 _ACTION_VRS = frozenset({"SQ", "PN", "DA", "DT"})  # the VRs the walk acts on outside the table
+_TABLE_ACTIONS = {"X": "delete", "Z": "empty", "D": "pseudonym", "U": "uids"}  # table code -> what the walks do
 #: What every de-identified dataset is marked with (set by tag: a keyword assignment per element
 #: looked the keyword up and validated the value each time).
 _METHOD_CODE = (("CodeValue", "113100"), ("CodingSchemeDesignator", "DCM"),
@@ -198,12 +200,7 @@ def _is_curve_or_overlay(tag: int) -> bool:
 
 def _vr(tag: int, elem: DataElement | RawDataElement) -> str:
     """VR of an element without converting a raw element's value (implicit VR: dictionary VR)."""
-    if elem.VR:
-        return str(elem.VR)
-    try:
-        return str(dictionary_VR(tag))
-    except KeyError:
-        return "UN"
+    return str(elem.VR) if elem.VR else dictionary_vr(tag)
 
 
 def _is_empty(elem: DataElement | RawDataElement) -> bool:
@@ -246,7 +243,7 @@ def _action(number: int, vr: str) -> str | None:
         if vr == "PN":
             return "empty"
         return "delete" if vr in ("DA", "DT") else None
-    return {"X": "delete", "Z": "empty", "D": "pseudonym", "U": "uids"}.get(action)
+    return _TABLE_ACTIONS.get(action)
 
 
 def _remapped(uids: list[str], key: bytes) -> list[str] | None:

@@ -108,7 +108,9 @@ def encode_text(values: list[str], pad: bytes = b" ") -> bytes:
     return raw + pad if len(raw) % 2 else raw
 
 
-def _vr_of(tag: int) -> str:
+def dictionary_vr(tag: int) -> str:
+    """The VR pydicom's dictionary gives ``tag`` (how an implicit-VR element is read); ``UN`` for a
+    private or unknown tag."""
     if tag & 0x10000:
         return "UN"
     try:
@@ -177,7 +179,7 @@ def _elements(view: memoryview, pos: int, end: int, implicit: bool, undefined: b
         if tag >> 16 == 0xFFFE:
             raise RawSequenceError(f"unexpected delimiter {tag:08X} at byte {pos}")
         if implicit:
-            vr = "SQ" if length == _UNDEFINED else _vr_of(tag)
+            vr = "SQ" if length == _UNDEFINED else dictionary_vr(tag)
             pos += 8
         else:
             _, _, vr_bytes, short = _EXPLICIT.unpack_from(view, pos)
@@ -192,7 +194,7 @@ def _elements(view: memoryview, pos: int, end: int, implicit: bool, undefined: b
                 pos += 8
             else:
                 raise RawSequenceError(f"element {tag:08X} has no valid VR")
-            if vr == "UN" and _vr_of(tag) != "UN":  # pydicom would decode it with its dictionary VR (a sequence?)
+            if vr == "UN" and dictionary_vr(tag) != "UN":  # pydicom would decode it with its dictionary VR (a sequence?)
                 raise RawSequenceError(f"element {tag:08X} is encoded as UN")
         if vr == "SQ":
             items, pos = _body(_items, view, pos, end, length, implicit)
@@ -256,7 +258,7 @@ def is_raw_sequence(tag: int, elem: object) -> bool:
     """Whether ``elem`` is a little-endian sequence pydicom has not decoded yet."""
     if not isinstance(elem, RawDataElement) or not elem.is_little_endian or not isinstance(elem.value, bytes):
         return False
-    vr = elem.VR or _vr_of(tag)
+    vr = elem.VR or dictionary_vr(tag)
     return vr == "SQ"
 
 
@@ -266,5 +268,5 @@ def replaced(elem: RawDataElement, items: list[RawItem]) -> RawDataElement:
     return elem._replace(length=len(value), value=value)
 
 
-__all__ = ["RawElement", "RawItem", "RawSequenceError", "encode", "encode_text", "is_raw_sequence", "parse",
-           "raw_items", "replaced", "text_values"]
+__all__ = ["RawElement", "RawItem", "RawSequenceError", "dictionary_vr", "encode", "encode_text", "is_raw_sequence",
+           "parse", "raw_items", "replaced", "text_values"]
