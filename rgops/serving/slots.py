@@ -257,16 +257,22 @@ class Reloader:
                 self.group.ack(RELOAD_TOPIC, token)
 
     def reload_everywhere(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """:meth:`reload_now` here, then in every other worker of the server (waiting at most
-        ``timeout_s`` for them): each slot's outcome here, and the workers (``count``, and the PIDs
-        that had not reloaded in time, ``not_synced``)."""
+        """:meth:`reload_now` here, then in every other worker of the server: each slot's outcome
+        here, and the workers (``count``, and the PIDs that had not reloaded in time, ``not_synced``).
+
+        Another worker picks the announcement up within ``watch_s`` and its attempt is bounded by
+        ``timeout_s``, so this waits that long plus a second of slack: when it returns, every worker
+        has finished its attempt and says how it went (a wait of ``timeout_s`` alone returned while
+        the others' attempts were still running, and their ``/readyz`` did not show the failure yet).
+        """
         outcome = self.reload_now()
         if self.group is None:
             return outcome, {"count": 1, "not_synced": []}
         self._seen = token = self.group.announce(RELOAD_TOPIC)
-        missing = self.group.wait_acks(RELOAD_TOPIC, token, self.timeout_s)
+        wait_s = self.timeout_s + self.watch_s + 1.0
+        missing = self.group.wait_acks(RELOAD_TOPIC, token, wait_s)
         if missing:
-            log.warning("reload announced; %d worker(s) had not reloaded after %g s", len(missing), self.timeout_s)
+            log.warning("reload announced; %d worker(s) had not reloaded after %g s", len(missing), wait_s)
         return outcome, {"count": len(self.group.live_pids()), "not_synced": missing}
 
     def reload_now(self) -> dict[str, Any]:
