@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rgops.data.datasets import GenePanel
+from rgops.data.datasets import Datasets, GenePanel
 from rgops.errors import GeneMismatchError, GeneTableError
 
 GENES = tuple(f"G{j}" for j in range(50))
@@ -67,14 +67,14 @@ def test_bad_values_refused(value: object, why: str) -> None:
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("compression", ["snappy", None])
 def test_gene_table_writer_writes_what_pandas_writes(tmp_path, dtype, compression) -> None:
-    from rgops.data.datasets import write_genes_parquet
+    from rgops.data.datasets import GENES_PARQUET_OPTIONS, write_genes_parquet
 
     rng = np.random.default_rng(3)
     genes = [f"G{j}" for j in range(37)] + ["NaN", "pseudo id", "ÄBC"]  # odd but legal names
     frame = pd.DataFrame(rng.normal(size=(9, len(genes))).astype(dtype), columns=genes,
                          index=pd.Index([f"P-{i:016x}" for i in (0, 0, 1, 2, 2, 2, 3, 4, 5)], name="pseudo_id"))
     frame.iloc[2, 5] = np.nan
-    frame.to_parquet(tmp_path / "pandas.parquet", compression=compression)
+    frame.to_parquet(tmp_path / "pandas.parquet", compression=compression, **GENES_PARQUET_OPTIONS)
     write_genes_parquet(frame, tmp_path / "fast.parquet", compression)
     assert (tmp_path / "fast.parquet").read_bytes() == (tmp_path / "pandas.parquet").read_bytes()
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "fast.parquet"), frame)
@@ -110,3 +110,27 @@ def test_genes_parquet_reader_reads_what_pandas_reads(tmp_path) -> None:
     frame.assign(G1=["x"] * 6).to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(DatasetError, match="G1"):
         read_genes_parquet(tmp_path / "bad.parquet")
+
+
+def test_genes_layout_is_what_the_reader_returns_beside_the_values(tmp_path) -> None:
+    from rgops.data.datasets import read_genes_layout, read_genes_parquet
+
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame(rng.normal(size=(4, 3)).astype(np.float32), columns=["G0", "G1", "G2"],
+                         index=pd.Index(["P-b", "P-a", "P-a", "P-c"], name="pseudo_id"))
+    for label, df in {"named index": frame, "range index": frame.reset_index(drop=True)}.items():
+        df.to_parquet(tmp_path / "g.parquet")
+        names, rows, _ = read_genes_parquet(tmp_path / "g.parquet")
+        assert read_genes_layout(tmp_path / "g.parquet") == (names, rows), label
+
+
+def test_load_with_the_written_gene_matrix_checks_its_shape_against_the_file(tiny_datasets) -> None:
+    from rgops.errors import DatasetError
+
+    full = Datasets.load(tiny_datasets)
+    given = Datasets.load(tiny_datasets, genes=full.genes.copy())
+    np.testing.assert_array_equal(given.genes, full.genes)
+    assert given.manifest.equals(full.manifest) and given.panel.genes == full.panel.genes
+    for wrong in (full.genes[:-1], full.genes[:, :-1], full.genes.astype(np.float64)):
+        with pytest.raises(DatasetError, match="genes.parquet holds .* rows x .* genes, but the matrix written"):
+            Datasets.load(tiny_datasets, genes=wrong)
