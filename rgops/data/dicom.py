@@ -133,6 +133,15 @@ def decode_pixels(ds: Dataset, name: str) -> np.ndarray:
         ) from None
 
 
+def _exact_in_float32(pixels: np.ndarray, slope: float, intercept: float) -> bool:
+    """Whether ``pixels * slope + intercept`` stays in whole numbers below 2**24 in magnitude, where
+    float32 holds every value and every step exactly: pixels of at most 16-bit integers (below 2**16),
+    a whole slope of at most 2**7 and a whole intercept of at most 2**22 in magnitude."""
+    return (pixels.dtype.kind in "iu" and pixels.dtype.itemsize <= 2
+            and slope.is_integer() and abs(slope) <= 2**7
+            and intercept.is_integer() and abs(intercept) <= 2**22)
+
+
 def to_hu(ds: Dataset, name: str, out: np.ndarray | None = None) -> np.ndarray:
     """Pixel data of a CT slice in Hounsfield units, float32 ``(rows, columns)``, written into ``out``
     when given (a slice of a series' volume: no slice-sized temporary is kept).
@@ -158,9 +167,19 @@ def to_hu(ds: Dataset, name: str, out: np.ndarray | None = None) -> np.ndarray:
             rescale[keyword] = value
     hu = np.empty(pixels.shape, dtype=np.float32) if out is None else out
     if len(rescale) == 2 and "ModalityLUTSequence" not in ds:  # apply_modality_lut's rescale, in place
+        slope, intercept = rescale["RescaleSlope"], rescale["RescaleIntercept"]
+        if _exact_in_float32(pixels, slope, intercept):
+            # whole numbers below 2**24 all the way: float32 arithmetic gives the float64 result
+            # exactly (the common CT rescale, slope 1 and intercept -1024, in a quarter of the time)
+            if slope == 1:
+                np.add(pixels, np.float32(intercept), out=hu, dtype=np.float32)
+            else:
+                np.multiply(pixels, np.float32(slope), out=hu, dtype=np.float32)
+                hu += np.float32(intercept)
+            return hu  # finite by construction
         wide = pixels.astype(np.float64)
-        wide *= rescale["RescaleSlope"]
-        wide += rescale["RescaleIntercept"]
+        wide *= slope
+        wide += intercept
         hu[...] = wide
     else:
         try:

@@ -233,3 +233,26 @@ def test_hu_are_pydicom_modality_lut_rounded_once_to_float32(case, rescale):
     out = np.full((2, *want.shape), np.nan, dtype=np.float32)
     assert np.shares_memory(to_hu(ds, "s2", out=out[1]), out)
     assert np.array_equal(out[1], want) and np.isnan(out[0]).all()
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("rescale", [(1.0, -1024.0), (1.0, 0.0), (3.0, -1024.0), (-128.0, 2.0**22), (128.0, -(2.0**22)),
+                                     (129.0, 0.0), (1.0, 2.0**22 + 1), (1.0, -1024.5), (0.3, -1024.0)])
+def test_whole_number_rescale_in_float32_gives_the_float64_values_at_every_pixel_value(signed, rescale):
+    """to_hu computes whole-number rescales in float32 (a quarter of the time); over every 16-bit
+    value and at the limits of that path (and just past them, where the float64 path takes over) the
+    values must be pydicom's float64 ones rounded once to float32."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.pixels import apply_modality_lut
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    values = np.arange(-(2**15), 2**15, dtype=np.int16) if signed else np.arange(2**16, dtype=np.uint16)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 256, 256, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, int(signed)
+    ds.PixelData = values.tobytes()
+    ds.RescaleSlope, ds.RescaleIntercept = rescale
+    want = np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32)
+    assert np.array_equal(to_hu(ds, "all values"), want)
