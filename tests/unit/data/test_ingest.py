@@ -197,6 +197,20 @@ def test_patch_contract_on_a_known_box():
         extract_patches(hu, np.zeros_like(mask), 0.5, PatchSpec())
 
 
+def test_patches_are_cut_where_mask_gt_0_whatever_the_mask_dtype():
+    """Bool and unsigned masks are counted with count_nonzero, others compared with 0: same patches."""
+    rng = np.random.default_rng(7)
+    hu = rng.normal(0, 300, size=(5, 48, 48)).astype(np.float32)
+    signed = np.zeros(hu.shape, dtype=np.int8)
+    signed[1:4, 10:30, 12:26] = rng.integers(-1, 3, size=(3, 20, 14))  # -1 is not tumour
+    tumour = signed > 0
+    spec = IngestConfig(patch_size=32).spec()
+    want = extract_patches(hu, tumour.astype(np.uint8), 0.7, spec)
+    for mask in (tumour, tumour.astype(np.uint8) * 255, tumour.astype(np.uint16), signed, signed.astype(np.float32)):
+        got = extract_patches(hu, mask, 0.7, spec)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]) and got[2] == want[2], mask.dtype
+
+
 def test_splits_deterministic_and_all_populated():
     ids = [f"P-{i:016x}" for i in range(5)]
     a = assign_splits(ids, (0.7, 0.15, 0.15), seed=3)
