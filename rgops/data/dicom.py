@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, pixel_array
 
+from rgops.data import header
 from rgops.data.rawseq import raw_items
 from rgops.errors import DicomDecodeError, DicomError, SegmentationError
 
@@ -156,11 +157,12 @@ def to_hu(ds: Dataset, name: str, out: np.ndarray | None = None) -> np.ndarray:
                          f"slice has {out.shape[0]}x{out.shape[1]}; send one reconstruction per series")
     rescale = {}
     for keyword in ("RescaleSlope", "RescaleIntercept"):
-        if keyword in ds:
-            try:
-                value = float(ds.get(keyword))
-            except (TypeError, ValueError, OverflowError):
-                value = float("nan")
+        try:
+            values = header.numbers(ds, keyword)
+        except (TypeError, ValueError, OverflowError):
+            values = []
+        if values is not None:  # present
+            value = values[0] if len(values) == 1 else float("nan")
             if not np.isfinite(value) or (keyword == "RescaleSlope" and value == 0):
                 raise DicomError(f"{name!r}: {keyword} is not a finite number (a slope must not be 0); "
                                  "Hounsfield units cannot be computed: re-export the file")
@@ -234,19 +236,38 @@ class CTSeries:
         return self._index.get(sop_uid)
 
 
+def _matrix(ds: Dataset, name: str) -> tuple[int, int]:
+    """``(Rows, Columns)`` of a slice, or a DicomError naming the file."""
+    try:
+        shape = (header.integer(ds, "Rows"), header.integer(ds, "Columns"))
+    except (TypeError, ValueError, OverflowError):
+        shape = (None, None)
+    if None in shape:
+        raise DicomError(f"{name!r} lacks a readable Rows/Columns; a CT slice needs both: re-export the file")
+    return shape  # type: ignore[return-value]
+
+
+def _one_number(ds: Dataset, keyword: str) -> float | None:
+    """One DS value, or None when absent, empty, several or not a number (an optional attribute)."""
+    try:
+        values = header.numbers(ds, keyword)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return values[0] if values and len(values) == 1 else None
+
+
 def _float_list(ds: Dataset, keyword: str, n: int, name: str) -> np.ndarray:
     """``n`` finite numbers from a multi-valued attribute, or a DicomError naming the file and attribute."""
-    value = ds.get(keyword)
-    if value is None:
-        raise DicomError(f"{name!r} lacks {keyword} ({n} numbers expected); a CT slice needs it: re-export the file")
-    values = [value] if isinstance(value, (str, bytes, int, float)) else list(value)
-    if len(values) != n:
-        raise DicomError(f"{name!r}: {keyword} has {len(values)} value(s); expected {n} numbers: re-export the file")
     try:
-        out = np.asarray([float(v) for v in values], dtype=np.float64)
+        values = header.numbers(ds, keyword)
     except (TypeError, ValueError, OverflowError):
         raise DicomError(f"{name!r}: {keyword} holds a value that is not a number; expected {n} numbers: "
                          "re-export the file") from None
+    if values is None:
+        raise DicomError(f"{name!r} lacks {keyword} ({n} numbers expected); a CT slice needs it: re-export the file")
+    if len(values) != n:
+        raise DicomError(f"{name!r}: {keyword} has {len(values)} value(s); expected {n} numbers: re-export the file")
+    out = np.asarray(values, dtype=np.float64)
     if not np.isfinite(out).all():
         raise DicomError(f"{name!r}: {keyword} holds a non-finite number; expected {n} finite numbers")
     return out
@@ -269,14 +290,14 @@ def ct_series(datasets: Sequence[Dataset], names: Sequence[str] | None = None) -
     names = list(names) if names is not None else [f"slice {i}" for i in range(len(datasets))]
     first, first_name = datasets[0], names[0]
     for ds, name in zip(datasets, names):
-        modality = str(ds.get("Modality", ""))
-        sop_class = str(ds.get("SOPClassUID", ""))
+        modality = header.text(ds, "Modality")
+        sop_class = header.text(ds, "SOPClassUID")
         if modality != "CT" or sop_class not in (CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE):
             raise DicomError(
                 f"{name!r} has Modality {modality!r} and SOPClassUID {sop_class!r}; expected a CT Image "
                 f"(Modality 'CT', {CT_IMAGE_STORAGE}): move other objects out of the series folder"
             )
-    series = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
+    series = {header.text(ds, "SeriesInstanceUID") for ds in datasets}
     if len(series) != 1:
         raise DicomError(
             f"the slices given belong to {len(series)} series; expected one series per folder "
@@ -284,7 +305,7 @@ def ct_series(datasets: Sequence[Dataset], names: Sequence[str] | None = None) -
         )
     orient0 = _float_list(first, "ImageOrientationPatient", 6, first_name)
     spacing0 = _float_list(first, "PixelSpacing", 2, first_name)
-    shape0 = (int(first.Rows), int(first.Columns))
+    shape0 = _matrix(first, first_name)
     normal = np.cross(orient0[:3], orient0[3:])
     if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-2):
         raise DicomError(f"{first_name!r} has ImageOrientationPatient {orient0.tolist()} whose rows and columns "
@@ -301,8 +322,8 @@ def ct_series(datasets: Sequence[Dataset], names: Sequence[str] | None = None) -
         if np.abs(spacing - spacing0).max() > SPACING_TOL_MM:
             raise DicomError(f"{name!r} has PixelSpacing {spacing.tolist()}, others {spacing0.tolist()}; "
                              "a series must share one pixel spacing")
-        if (int(ds.Rows), int(ds.Columns)) != shape0:
-            raise DicomError(f"{name!r} has {ds.Rows}x{ds.Columns} pixels, others {shape0[0]}x{shape0[1]}")
+        if (shape := _matrix(ds, name)) != shape0:
+            raise DicomError(f"{name!r} has {shape[0]}x{shape[1]} pixels, others {shape0[0]}x{shape0[1]}")
         positions.append(_float_list(ds, "ImagePositionPatient", 3, name))
     pos = np.stack(positions)
     z = pos @ normal
@@ -315,7 +336,8 @@ def ct_series(datasets: Sequence[Dataset], names: Sequence[str] | None = None) -
             f"{names[order[i]]!r} and {names[order[i + 1]]!r} lie at the same position "
             f"({z_sorted[i]:.3f} mm along the normal); remove the duplicate slice"
         )
-    slice_spacing = float(np.median(gaps)) if len(gaps) else float(first.get("SliceThickness", 0) or 0)
+    thickness = _one_number(first, "SliceThickness")
+    slice_spacing = float(np.median(gaps)) if len(gaps) else (thickness or 0.0)
     if len(gaps) and np.abs(gaps - slice_spacing).max() > GAP_TOL * slice_spacing:
         j = int(np.argmax(np.abs(gaps - slice_spacing)))
         raise DicomError(
@@ -323,7 +345,6 @@ def ct_series(datasets: Sequence[Dataset], names: Sequence[str] | None = None) -
             f"{slice_spacing:.3f} mm; the series has missing slices or mixed reconstructions"
         )
     hu = _hu_volume(datasets, names, order, shape0)
-    thickness = first.get("SliceThickness")
     return CTSeries(
         hu=hu,
         z_mm=z_sorted,
@@ -331,10 +352,10 @@ def ct_series(datasets: Sequence[Dataset], names: Sequence[str] | None = None) -
         orientation=orient0,
         pixel_spacing=(float(spacing0[0]), float(spacing0[1])),
         slice_spacing=slice_spacing,
-        slice_thickness=float(thickness) if thickness not in (None, "") else None,
-        sop_uids=tuple(str(datasets[i].SOPInstanceUID) for i in order),
+        slice_thickness=thickness,
+        sop_uids=tuple(header.text(datasets[i], "SOPInstanceUID") for i in order),
         series_uid=next(iter(series)),
-        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
+        frame_of_reference_uid=header.text(first, "FrameOfReferenceUID"),
         manufacturer=str(first.get("Manufacturer", "")),
     )
 

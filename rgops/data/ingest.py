@@ -37,6 +37,7 @@ import pandas as pd
 from pydicom.dataset import Dataset
 
 from rgops.config import from_dict
+from rgops.data import header
 from rgops.data.datasets import SPLITS, Datasets, GenePanel, write_genes_parquet
 from rgops.data.deid import deidentify
 from rgops.data.dicom import (
@@ -46,7 +47,7 @@ from rgops.data.dicom import (
     referenced_series_uids,
     segmentation_mask,
 )
-from rgops.data.patch import PatchSpec
+from rgops.data.patch import PatchSpec, tumour_areas
 from rgops.data.genomics import GeneTable, read_clinical, read_gene_table
 from rgops.data.provenance import ORIGIN_FILE, cohort_origin
 from rgops.data.study import pick_referenced
@@ -217,43 +218,65 @@ def _files(folder: Path) -> list[Path]:
 def _instance_row(pseudo_id: str, ds: Dataset) -> dict[str, Any]:
     """One row of instances.parquet from a header that :func:`deidentify` has cleaned.
 
+    Values are read with :mod:`rgops.data.header` (raw bytes parsed where plain, as pydicom would
+    convert them); a value that is not a number becomes a missing cell, never an error.
     ``deid_leftovers`` is 0 by construction (``deidentify`` refuses to return a dataset with
     leftovers); the column lets validation check instance tables from any source.
     """
     def num(keyword: str, i: int | None = None) -> float | None:
-        v = ds.get(keyword)
-        if v in (None, ""):
-            return None
         try:
-            return float(v[i]) if i is not None else float(v)
-        except (TypeError, ValueError, IndexError):
+            values = header.numbers(ds, keyword)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        if i is None:  # one value
+            return values[0] if values and len(values) == 1 else None
+        return values[i] if values and len(values) > 1 and i < len(values) else None  # one of several
+
+    def whole(keyword: str, default: int | None) -> int | None:
+        try:
+            value = header.integer(ds, keyword)
+        except (TypeError, ValueError, OverflowError):
+            return default
+        return value if value else default  # 0 and empty: the default, as before
+
+    def position() -> list[float] | None:
+        try:
+            return header.numbers(ds, "ImagePositionPatient")
+        except (TypeError, ValueError, OverflowError):
             return None
 
-    refs = sorted(referenced_series_uids(ds)) if str(ds.get("Modality", "")) == "SEG" else []
-    ipp = ds.get("ImagePositionPatient")
+    def instance_number() -> int | None:  # 0 is a number here
+        try:
+            return header.integer(ds, "InstanceNumber")
+        except (TypeError, ValueError, OverflowError):
+            return None
+
+    modality = header.text(ds, "Modality")
+    refs = sorted(referenced_series_uids(ds)) if modality == "SEG" else []
+    ipp = position()
     return {
         "pseudo_id": pseudo_id,
-        "modality": str(ds.get("Modality", "")),
-        "sop_class_uid": str(ds.get("SOPClassUID", "")),
-        "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
-        "series_uid": str(ds.get("SeriesInstanceUID", "")),
-        "study_uid": str(ds.get("StudyInstanceUID", "")),
-        "frame_of_reference_uid": str(ds.get("FrameOfReferenceUID", "")),
+        "modality": modality,
+        "sop_class_uid": header.text(ds, "SOPClassUID"),
+        "sop_instance_uid": header.text(ds, "SOPInstanceUID"),
+        "series_uid": header.text(ds, "SeriesInstanceUID"),
+        "study_uid": header.text(ds, "StudyInstanceUID"),
+        "frame_of_reference_uid": header.text(ds, "FrameOfReferenceUID"),
         "referenced_series_uid": refs[0] if refs else None,
         "transfer_syntax_uid": str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")),
         "manufacturer": str(ds.get("Manufacturer", "")),
-        "rows": int(ds.get("Rows", 0) or 0),
-        "columns": int(ds.get("Columns", 0) or 0),
-        "n_frames": int(ds.get("NumberOfFrames", 1) or 1),
-        "instance_number": int(ds.get("InstanceNumber")) if ds.get("InstanceNumber") not in (None, "") else None,
-        "bits_stored": int(ds.get("BitsStored", 0) or 0),
+        "rows": whole("Rows", 0),
+        "columns": whole("Columns", 0),
+        "n_frames": whole("NumberOfFrames", 1),
+        "instance_number": instance_number(),
+        "bits_stored": whole("BitsStored", 0),
         "pixel_spacing_row_mm": num("PixelSpacing", 0),
         "pixel_spacing_col_mm": num("PixelSpacing", 1),
         "slice_thickness_mm": num("SliceThickness"),
-        "image_position_z_mm": float(ipp[2]) if ipp is not None and len(ipp) == 3 else None,
+        "image_position_z_mm": ipp[2] if ipp and len(ipp) == 3 else None,
         "rescale_slope": num("RescaleSlope"),
         "rescale_intercept": num("RescaleIntercept"),
-        "patient_identity_removed": str(ds.get("PatientIdentityRemoved", "")),
+        "patient_identity_removed": header.text(ds, "PatientIdentityRemoved"),
         "deid_leftovers": 0,
     }
 
@@ -297,7 +320,7 @@ def ingest_patient(patient_dir: str | Path, config: IngestConfig, key: bytes) ->
         (dss, names), seg, seg_idx = _tumour_series(series_de, segs_de, pid)
         series, mask = _series_and_mask(dss, names, seg, f"{pid}/seg/file{seg_idx}")
         spec = config.spec()
-        areas = (mask > 0).sum(axis=(1, 2))
+        areas = tumour_areas(mask)
         if 0 < int(areas.max()) < spec.min_tumour_area_px:
             raise _Skip("tumour_too_small", f"largest tumour cross-section {int(areas.max())} px < "
                         f"min_tumour_area_px {spec.min_tumour_area_px}")

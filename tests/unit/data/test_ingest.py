@@ -237,6 +237,30 @@ def test_zero_usable_patients_is_cohort_error_and_leaves_no_folder(ingested, tmp
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def _overwrite_value(path, tag_vr: bytes, fill: bytes) -> None:
+    """Overwrite the value of an explicit-VR element (tag and VR bytes) in a file with ``fill``."""
+    data = bytearray(path.read_bytes())
+    at = data.index(tag_vr) + len(tag_vr)
+    length = int.from_bytes(data[at:at + 2], "little")
+    data[at + 2:at + 2 + length] = (fill * length)[:length]
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("element", ["PixelSpacing", "ImagePositionPatient", "RescaleSlope", "Rows"])
+def test_a_header_value_that_is_not_a_number_skips_only_its_patient(tmp_path, element):
+    tags = {"PixelSpacing": b"\x28\x00\x30\x00DS", "ImagePositionPatient": b"\x20\x00\x32\x00DS",
+            "RescaleSlope": b"\x28\x00\x53\x10DS", "Rows": b"\x28\x00\x10\x00US"}
+    cohort = tmp_path / "cohort"
+    (cohort / "ct").mkdir(parents=True)
+    for i, p in enumerate(IDS[:3]):
+        f.write_patient(cohort, p, seed=i)
+    f.write_tables(cohort, IDS[:3], IDS[:3])
+    victim = sorted(p for p in (cohort / "ct" / IDS[2]).rglob("*.dcm") if p.parent.name != "seg")[1]
+    _overwrite_value(victim, tags[element], b"x" if element != "Rows" else b"\x00")
+    report = ingest_cohort(cohort, tmp_path / "ds", IngestConfig(), key=KEY)
+    assert report.ingested == 2 and report.skipped == {"bad_series": [pid(2)]}, report.skipped
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ConfigError, match="split_fractions"):
         IngestConfig(split_fractions=(0.5, 0.2, 0.2))
