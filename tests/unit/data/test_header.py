@@ -14,9 +14,18 @@ from pydicom.dataset import Dataset
 from rgops.data import header
 
 SETTINGS = settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-NUMBER_BYTES = st.binary(max_size=24).map(lambda b: bytes(b"0123456789+-.eE \\\\nax_"[c % 22] for c in b))
-TEXT_BYTES = st.one_of(st.binary(max_size=20), st.text(alphabet=" .0123456789ABCDXYZ_\\\x00", max_size=20)
-                       .map(lambda s: s.encode()))
+_NUMBER = st.one_of(st.integers(-(10**7), 10**7).map(str), st.floats(width=32).map(lambda v: f"{v:.6g}"),
+                    st.floats().map(repr), st.sampled_from(["", " ", "+.5", "5.", "1e3", "-0", "1_0"]))
+#: well-formed values (several numbers, padded) most of the time, and jumbles of number characters
+NUMBER_BYTES = st.one_of(
+    st.tuples(st.lists(_NUMBER, max_size=4), st.sampled_from(["", " ", "\\x00"]))
+    .map(lambda t: ("\\".join(t[0]) + t[1]).encode()),
+    st.binary(max_size=24).map(lambda b: bytes(b"0123456789+-.eE \\\\nax_"[c % 22] for c in b)))
+TEXT_BYTES = st.one_of(
+    st.tuples(st.lists(st.integers(0, 10**12).map(str), min_size=1, max_size=8).map(".".join),  # UIDs, padded
+              st.sampled_from(["", " ", "\\x00", "  "]), st.sampled_from(["", " "]))
+    .map(lambda t: (t[2] + t[0] + t[1]).encode()),
+    st.binary(max_size=20), st.text(alphabet=" .0123456789ABCDXYZ_\\\x00", max_size=20).map(lambda s: s.encode()))
 
 
 def _raw_dataset(keyword: str, vr: str | None, value: bytes, little: bool = True) -> Dataset:
