@@ -223,37 +223,21 @@ def _instance_row(pseudo_id: str, ds: Dataset) -> dict[str, Any]:
     ``deid_leftovers`` is 0 by construction (``deidentify`` refuses to return a dataset with
     leftovers); the column lets validation check instance tables from any source.
     """
-    def num(keyword: str, i: int | None = None) -> float | None:
+    def read(reader: Callable[[Dataset, str], Any], keyword: str) -> Any:
         try:
-            values = header.numbers(ds, keyword)
+            return reader(ds, keyword)
         except (TypeError, ValueError, OverflowError):
             return None
+
+    def num(keyword: str, i: int | None = None) -> float | None:
+        values = read(header.numbers, keyword)
         if i is None:  # one value
             return values[0] if values and len(values) == 1 else None
         return values[i] if values and len(values) > 1 and i < len(values) else None  # one of several
 
-    def whole(keyword: str, default: int | None) -> int | None:
-        try:
-            value = header.integer(ds, keyword)
-        except (TypeError, ValueError, OverflowError):
-            return default
-        return value if value else default  # 0 and empty: the default, as before
-
-    def position() -> list[float] | None:
-        try:
-            return header.numbers(ds, "ImagePositionPatient")
-        except (TypeError, ValueError, OverflowError):
-            return None
-
-    def instance_number() -> int | None:  # 0 is a number here
-        try:
-            return header.integer(ds, "InstanceNumber")
-        except (TypeError, ValueError, OverflowError):
-            return None
-
     modality = header.text(ds, "Modality")
     refs = sorted(referenced_series_uids(ds)) if modality == "SEG" else []
-    ipp = position()
+    ipp = read(header.numbers, "ImagePositionPatient")
     return {
         "pseudo_id": pseudo_id,
         "modality": modality,
@@ -265,11 +249,11 @@ def _instance_row(pseudo_id: str, ds: Dataset) -> dict[str, Any]:
         "referenced_series_uid": refs[0] if refs else None,
         "transfer_syntax_uid": str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")),
         "manufacturer": str(ds.get("Manufacturer", "")),
-        "rows": whole("Rows", 0),
-        "columns": whole("Columns", 0),
-        "n_frames": whole("NumberOfFrames", 1),
-        "instance_number": instance_number(),
-        "bits_stored": whole("BitsStored", 0),
+        "rows": read(header.integer, "Rows") or 0,  # 0 and empty: the default
+        "columns": read(header.integer, "Columns") or 0,
+        "n_frames": read(header.integer, "NumberOfFrames") or 1,
+        "instance_number": read(header.integer, "InstanceNumber"),  # 0 is a number here
+        "bits_stored": read(header.integer, "BitsStored") or 0,
         "pixel_spacing_row_mm": num("PixelSpacing", 0),
         "pixel_spacing_col_mm": num("PixelSpacing", 1),
         "slice_thickness_mm": num("SliceThickness"),

@@ -136,12 +136,13 @@ class PatchSpec:
         side = max(2, int(math.ceil(self.crop_factor * max(r1 - r0, c1 - c0))))
         top, left = int(math.floor((r0 + r1) / 2 - side / 2)), int(math.floor((c0 + c1) / 2 - side / 2))
         image = _crop(np.asarray(hu2d, dtype=np.float32), top, left, side, self.pad_hu)
-        tmask = _crop(inside, top, left, side, False).astype(np.float32)  # crop first: a slice-sized copy less
+        tmask = _crop(inside, top, left, side, 0.0).astype(np.float32)  # cropped first: a slice-sized copy less
         lo, hi = self.hu_window
         patch = self.to_unit(_resize(np.clip(image, lo, hi), self.size, nearest=False))
         pmask = (_resize(tmask, self.size, nearest=True) > 0.5).astype(np.uint8)
-        info = {"bbox_r0": r0, "bbox_c0": c0, "bbox_r1": r1, "bbox_c1": c1, "tumour_area_px": int(np.count_nonzero(band)),
-                "crop_side_px": side, "mm_per_px": float(side * float(pixel_spacing_mm) / self.size)}
+        info = {"bbox_r0": r0, "bbox_c0": c0, "bbox_r1": r1, "bbox_c1": c1,
+                "tumour_area_px": int(np.count_nonzero(band)), "crop_side_px": side,
+                "mm_per_px": float(side * float(pixel_spacing_mm) / self.size)}
         return patch[None], pmask[None], info
 
     def cut_volume(self, hu: np.ndarray, mask: np.ndarray, pixel_spacing_mm: float
